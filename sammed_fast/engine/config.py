@@ -1,0 +1,229 @@
+"""TrainConfig: every setting of one run of the main job, checked on construction.
+
+The CLI (``python -m sammed_fast.train``) parses arguments into a TrainConfig and calls
+``sammed_fast.train.train(config)``; Python users build the same object. Fields left at None get
+defaults that depend on other fields (see :meth:`TrainConfig.resolved`), e.g. the epochs differ
+between the built-in synthetic set and real data.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from sammed_fast.data.prostate import DOMAINS
+
+__all__ = ["ConfigError", "TrainConfig", "STAGES", "SYNTHETIC_EPOCHS", "REAL_EPOCHS", "SAM_CHOICES"]
+
+
+class ConfigError(ValueError):
+    """Bad input to the main job; the CLI prints the message alone (no traceback)."""
+
+
+#: The stages of one run, in order; ``stop_after`` and the resume state use these names.
+STAGES = ("segmenter", "predict", "boxes", "decoder", "evaluate")
+SAM_CHOICES = ("compact", "vit_b", "vit_l", "vit_h")
+EMPTY_BOX_POLICIES = ("skip", "full")
+#: (segmenter epochs, decoder epochs) for the built-in synthetic set: sized so that the whole
+#: default run, first compact-SAM pretraining included, stays within 15 minutes on 2 CPU cores.
+SYNTHETIC_EPOCHS = (30, 40)
+#: (segmenter epochs, decoder epochs) for real data: the reference code's 100, the paper's 200.
+REAL_EPOCHS = (100, 200)
+CPU_SEGMENTER, GPU_SEGMENTER = "resnet18_lite", "deeplabv3_resnet50"
+DEFAULT_TILE = {"compact": 64, "vit_b": 512, "vit_l": 512, "vit_h": 512}
+#: Fields that may differ when a run is resumed (they do not change any number it produces).
+RESUMABLE_CHANGES = ("resume", "progress", "device", "stop_after", "threads", "out", "embedding_cache",
+                     "all_sources", "figure_slices")
+
+
+def _letters(value: Any, name: str) -> tuple[str, ...]:
+    """'BC', 'B,C', 'b c' or ['B', 'C'] -> ('B', 'C'); unknown or repeated letters -> ConfigError."""
+    tokens = value.replace(",", " ").split() if isinstance(value, str) else [str(v) for v in value]
+    letters = tuple(c.upper() for token in tokens for c in token)
+    bad = [v for v in letters if v not in DOMAINS]
+    if bad or not letters:
+        raise ConfigError(f"{name}: unknown domain letter(s) {bad or '(none given)'}; "
+                          f"choose from {', '.join(DOMAINS)}")
+    if len(set(letters)) != len(letters):
+        raise ConfigError(f"{name}: domain letters repeat: {''.join(letters)}")
+    return letters
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """One run: data, the two models, the schedule, and where the run folder goes.
+
+    Units: tile_size in pixels (slices are resized to tile_size x tile_size; the 2x2 SAM canvas is
+    2 x tile_size); box_jitter in pixels of the tile; thresholds are probabilities.
+    """
+
+    # data
+    data: Path | None = None  # root of the six-site release; None -> the built-in synthetic set
+    source: str = "A"
+    targets: tuple[str, ...] | None = None  # None -> every other domain
+    all_sources: bool = False  # six runs (one per source) and their average: the paper's Table 1
+    synthetic_cases: int | None = None  # test/debug knob: cases per domain of a smaller synthetic set
+    cache_dir: Path | None = None  # None -> $SAMMED_FAST_CACHE or ~/.cache/sammed_fast
+    tile_size: int | None = None  # None -> 64 for the compact SAM, 512 for vit_*
+    # stage 1: segmenter
+    segmenter: str | None = None  # None -> deeplabv3_resnet50 (the paper's) on CUDA, resnet18_lite on CPU
+    segmenter_weights: Path | None = None
+    segmenter_epochs: int | None = None
+    segmenter_batch: int = 8
+    segmenter_lr: float = 1e-3
+    # stage 2: boxes
+    theta1: float = 0.75
+    downscale: int = 4
+    empty_box: str = "skip"  # a slice without a box: "skip" -> empty mask, "full" -> whole-image box
+    # stage 3/4: SAM
+    sam: str = "compact"
+    sam_checkpoint: Path | None = None
+    compact_pretrain_steps: int | None = None  # None -> the cached pretrained compact SAM; 0 -> random
+    decoder_epochs: int | None = None
+    decoder_batch: int = 16
+    decoder_lr: float = 1e-4
+    box_jitter: int = 0  # training only: each box side moves 0..box_jitter px outward
+    embedding_cache: str = "disk"  # "disk" (run folder, reused on resume) or "memory"
+    theta2: float = 0.5
+    theta2_sweep: tuple[float, ...] = (0.5, 0.75, 0.9)
+    # run
+    out: Path | None = None  # None -> ./runs/sammed_fast_<source> (or _all)
+    resume: bool = False
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    stop_after: str | None = None  # debug/test knob: stop after this stage
+    figure_slices: int = 4
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        for name in ("data", "cache_dir", "segmenter_weights", "sam_checkpoint", "out"):
+            value = getattr(self, name)
+            if value is not None:
+                set_(name, Path(value).expanduser().absolute())
+        source = _letters(self.source, "--source") if isinstance(self.source, str) else ()
+        if len(source) != 1:
+            raise ConfigError(f"--source: give one domain letter from {', '.join(DOMAINS)}, "
+                              f"got {self.source!r}")
+        set_("source", source[0])
+        if self.targets is not None:
+            if self.all_sources:
+                raise ConfigError("--targets cannot be combined with --all-sources (each run "
+                                  "evaluates on the five other domains)")
+            targets = _letters(self.targets, "--targets")
+            if self.source in targets:
+                raise ConfigError(f"--targets: {self.source} is the source domain; targets must be "
+                                  "unseen domains")
+            set_("targets", targets)
+        if self.sam not in SAM_CHOICES:
+            raise ConfigError(f"--sam: unknown SAM variant {self.sam!r}; choose one of "
+                              f"{', '.join(SAM_CHOICES)}")
+        if self.empty_box not in EMPTY_BOX_POLICIES:
+            raise ConfigError(f"--empty-box must be one of {EMPTY_BOX_POLICIES}, got {self.empty_box!r}")
+        if self.embedding_cache not in ("disk", "memory"):
+            raise ConfigError(f"--embedding-cache must be 'disk' or 'memory', got {self.embedding_cache!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.stop_after is not None and self.stop_after not in STAGES:
+            raise ConfigError(f"--stop-after must be one of {', '.join(STAGES)}, got {self.stop_after!r}")
+        positive = ("segmenter_batch", "decoder_batch", "downscale", "figure_slices")
+        optional_positive = ("segmenter_epochs", "decoder_epochs", "tile_size", "synthetic_cases")
+        for name in positive + optional_positive:
+            value = getattr(self, name)
+            if value is None and name in optional_positive:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        for name in ("box_jitter", "threads", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a non-negative integer, got {value!r}")
+        if self.compact_pretrain_steps is not None and (
+                not isinstance(self.compact_pretrain_steps, int) or self.compact_pretrain_steps < 0):
+            raise ConfigError(f"compact_pretrain_steps must be None or >= 0, got {self.compact_pretrain_steps!r}")
+        for name in ("segmenter_lr", "decoder_lr"):
+            if not float(getattr(self, name)) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)!r}")
+        set_("theta2_sweep", tuple(float(t) for t in self.theta2_sweep))
+        for name, value in (("theta1", self.theta1), ("theta2", self.theta2),
+                            *(("theta2_sweep", t) for t in self.theta2_sweep)):
+            if not 0.0 < float(value) < 1.0:
+                raise ConfigError(f"--{name.replace('_', '-')} must lie strictly between 0 and 1, got {value!r}")
+        if self.sam != "compact" and self.compact_pretrain_steps is not None:
+            raise ConfigError("compact_pretrain_steps applies to --sam compact only")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def synthetic(self) -> bool:
+        return self.data is None
+
+    @property
+    def target_domains(self) -> tuple[str, ...]:
+        if self.targets is not None:
+            return tuple(t for t in self.targets if t != self.source)
+        return tuple(d for d in DOMAINS if d != self.source)
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every None default filled in (segmenter, tile size, epochs, targets, out)."""
+        from sammed_fast.engine.determinism import resolve_device
+
+        seg_epochs, dec_epochs = SYNTHETIC_EPOCHS if self.synthetic else REAL_EPOCHS
+        out = self.out or Path("runs") / f"sammed_fast_{'all' if self.all_sources else self.source}"
+        segmenter = self.segmenter or (
+            GPU_SEGMENTER if resolve_device(self.device).type == "cuda" else CPU_SEGMENTER)
+        return dataclasses.replace(
+            self,
+            segmenter=segmenter,
+            tile_size=self.tile_size or DEFAULT_TILE[self.sam],
+            segmenter_epochs=self.segmenter_epochs or seg_epochs,
+            decoder_epochs=self.decoder_epochs or dec_epochs,
+            targets=None if self.all_sources else self.target_domains,
+            out=out,
+        )
+
+    def for_source(self, source: str, out: Path) -> "TrainConfig":
+        """The single-source run of an --all-sources run."""
+        return dataclasses.replace(self, source=source, targets=None, all_sources=False, out=out)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_json(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = str(value) if isinstance(value, Path) else (
+                list(value) if isinstance(value, tuple) else value)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"config.json has unknown fields {unknown} (written by another version?)")
+        kwargs = dict(data)
+        for name in ("targets", "theta2_sweep"):
+            if kwargs.get(name) is not None:
+                kwargs[name] = tuple(kwargs[name])
+        return cls(**kwargs)
+
+    def differences(self, other: "TrainConfig") -> list[str]:
+        """Fields (other than RESUMABLE_CHANGES) whose values differ, as 'name: a != b'."""
+        mine, theirs = self.to_json(), other.to_json()
+        return [f"{k}: {theirs[k]!r} != {mine[k]!r}" for k in mine
+                if k not in RESUMABLE_CHANGES and mine[k] != theirs[k]]
+
+    def write(self, path: Path) -> None:
+        from sammed_fast.engine.run_folder import write_text_atomic
+
+        write_text_atomic(path, json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "TrainConfig":
+        path = Path(path)
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"cannot read run config {path}: {error}") from error

@@ -1,0 +1,46 @@
+"""Seeds and devices: the same seed gives the same numbers on the CPU.
+
+Every stage seeds the global generators from (seed, stage) when it starts, and every epoch draws its
+shuffling and jitter from its own generator seeded by (seed, stage, epoch), so a run resumed at a
+stage or epoch boundary reproduces an uninterrupted one.
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from sammed_fast.engine.config import STAGES, ConfigError
+
+__all__ = ["seed_everything", "epoch_generator", "stage_seed", "resolve_device"]
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    return int(seed) * 1000 + STAGES.index(stage) * 100
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python's, NumPy's and torch's global generators (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_generator(seed: int, stage: str, epoch: int) -> torch.Generator:
+    """A CPU generator for one epoch's shuffling and augmentation."""
+    return torch.Generator().manual_seed(stage_seed(seed, stage) * 10_000 + epoch)
+
+
+def resolve_device(choice: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU -> ConfigError."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(choice)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {choice}: no CUDA GPU is available on this machine "
+                              "(torch.cuda.is_available() is False); use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {choice}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device

@@ -1,0 +1,162 @@
+"""Stage 5: deterministic evaluation on the source test split and on every target domain.
+
+Rows (what each slice's mask comes from):
+
+| key | row |
+|---|---|
+| segmenter | the coarse segmenter alone (prob > 0.5) |
+| sam_whole | SAM prompted with the whole-slice box |
+| sam_unfiltered | SAM prompted with the box of the whole thresholded coarse mask |
+| sam_filtered | SAM prompted with the filtered box (largest component): the method |
+| sam_gt | SAM prompted with the ground-truth box (upper bound) |
+| ellipse_filtered | the ellipse inscribed in the filtered box (what the box alone is worth) |
+
+Dice per 3D volume is the primary number (mean per domain, then over the target domains); per-slice
+Dice (pooled over the domain's slices where truth or prediction has prostate) stands beside it. The method is also scored at every theta2
+of the sweep. No randomness: boxes are never jittered here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import torch
+from tqdm.auto import tqdm
+
+from sammed_fast.engine.boxes_stage import load_boxes, prompts_for
+from sammed_fast.engine.config import TrainConfig
+from sammed_fast.engine.embedding_cache import EmbeddingCache
+from sammed_fast.engine.run_data import RunData, Split
+from sammed_fast.engine.run_folder import RunFolder
+from sammed_fast.engine.sam_stage import sam_probs
+from sammed_fast.engine.scoring import CaseScore, assemble, score_split
+from sammed_fast.engine.segmenter_stage import SEGMENTER_THRESHOLD, load_predictions
+from sammed_fast.metrics import summarise
+from sammed_fast.sam import TiledSam
+from sammed_fast.sam.procedural import ellipse_in_boxes
+
+__all__ = ["ROWS", "METHOD", "FigureSample", "EvaluationResult", "evaluate_run_data"]
+
+ROWS = {
+    "segmenter": "Segmenter alone (coarse mask)",
+    "sam_whole": "SAM + whole-image box",
+    "sam_unfiltered": "SAM + unfiltered boxes",
+    "sam_filtered": "SAM + filtered boxes (the method)",
+    "sam_gt": "SAM + ground-truth boxes (upper bound)",
+    "ellipse_filtered": "Ellipse inscribed in the filtered box",
+}
+METHOD = "sam_filtered"
+SAM_ROWS = {"sam_whole": "whole", "sam_unfiltered": "unfiltered", "sam_filtered": "filtered", "sam_gt": "gt"}
+
+
+@dataclasses.dataclass(frozen=True)
+class FigureSample:
+    """One slice of the qualitative figure, at the volume's resolution: (H,W) arrays."""
+
+    domain: str
+    case_id: str
+    slice_index: int
+    image: torch.Tensor
+    coarse: torch.Tensor
+    final: torch.Tensor
+    truth: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationResult:
+    results: dict  # the content of results.json
+    cases: list[dict]  # rows of cases.csv
+    samples: list[FigureSample]
+
+
+def _ellipse_masks(boxes: torch.Tensor, keep: torch.Tensor, size: int) -> torch.Tensor:
+    masks = ellipse_in_boxes(boxes, size)[:, 0]
+    masks[~keep] = 0
+    return masks
+
+
+def _split_scores(split: Split, run: RunFolder, config: TrainConfig, model: TiledSam,
+                  embeddings: torch.Tensor, device: torch.device
+                  ) -> tuple[dict[str, list[CaseScore]], dict[float, list[CaseScore]], dict[str, torch.Tensor]]:
+    """(row -> case scores, theta2 -> case scores of the method, per-slice values used by the figure)."""
+    coarse = load_predictions(run, split)
+    boxes = load_boxes(run, split)
+    rows = {"segmenter": score_split(split, coarse, thresholds=[SEGMENTER_THRESHOLD])[SEGMENTER_THRESHOLD]}
+    sweep: dict[float, list[CaseScore]] = {}
+    method_probs = None
+    for row, kind in SAM_ROWS.items():
+        prompt, keep = prompts_for(boxes, kind, config.empty_box)
+        probs = sam_probs(model, embeddings, prompt, keep, device)
+        thresholds = sorted({config.theta2, *config.theta2_sweep}) if row == METHOD else [config.theta2]
+        scores = score_split(split, probs, thresholds=thresholds)
+        rows[row] = scores[config.theta2]
+        if row == METHOD:
+            sweep, method_probs = {t: scores[t] for t in config.theta2_sweep}, probs
+    prompt, keep = prompts_for(boxes, "filtered", config.empty_box)
+    ellipses = _ellipse_masks(prompt, keep, config.tile_size)
+    rows["ellipse_filtered"] = score_split(split, ellipses, thresholds=[0.5], mode="nearest")[0.5]
+    return rows, sweep, {"coarse": coarse, "final": method_probs}
+
+
+def _figure_sample(split: Split, values: dict[str, torch.Tensor], config: TrainConfig) -> FigureSample:
+    """The slice with the most prostate in the split's first volume."""
+    volume = split.volumes[0]
+    areas = volume.label.reshape(volume.num_slices, -1).sum(1)
+    s = int(areas.argmax())
+    coarse = assemble(split, values["coarse"]).volume(volume.key)[s] > SEGMENTER_THRESHOLD
+    final = assemble(split, values["final"]).volume(volume.key)[s] > config.theta2
+    return FigureSample(domain=volume.domain, case_id=volume.case_id, slice_index=s,
+                        image=torch.from_numpy(volume.image[s]), coarse=coarse, final=final,
+                        truth=torch.from_numpy(volume.label[s]).bool())
+
+
+def _summary(scores: dict[str, list[CaseScore]], source: str) -> dict:
+    """Per-domain mean/std of 3D Dice and pooled per-slice Dice, plus the target means."""
+    by3d = {d: [c.dice3d for c in cases] for d, cases in scores.items()}
+    by2d = {d: [v for c in cases for v in c.dice2d] for d, cases in scores.items()}
+    s3, s2 = summarise(by3d, source=source), summarise(by2d, source=source, skip_nan=True)
+    return {"dice3d": {**s3.mean, "target_mean": s3.target_mean},
+            "dice3d_std": dict(s3.std),
+            "dice2d": {**s2.mean, "target_mean": s2.target_mean},
+            "cases": dict(s3.count), "scored_slices": dict(s2.count)}
+
+
+def evaluate_run_data(*, run: RunFolder, data: RunData, config: TrainConfig, model: TiledSam,
+                      cache: EmbeddingCache, device: torch.device,
+                      extra: dict | None = None) -> EvaluationResult:
+    """Scores every row on every evaluation split; returns results.json content, CSV rows and the
+    figure's slices (one per target domain, up to config.figure_slices)."""
+    model.eval()
+    per_row: dict[str, dict[str, list[CaseScore]]] = {row: {} for row in ROWS}
+    per_theta: dict[float, dict[str, list[CaseScore]]] = {t: {} for t in config.theta2_sweep}
+    samples: list[FigureSample] = []
+    cases: list[dict] = []
+    for name in tqdm(data.eval_splits, desc="evaluation", unit="split", disable=not config.progress):
+        split = data.splits[name]
+        rows, sweep, values = _split_scores(split, run, config, model, cache.get(name), device)
+        for row, scores in rows.items():
+            per_row[row][split.domain] = scores
+            cases.extend({"row": row, "split": name, "domain": c.domain, "case_id": c.case_id,
+                          "dice3d": c.dice3d, "dice2d_mean": c.dice2d_mean, "slices": len(c.dice2d)}
+                         for c in scores)
+        for theta, scores in sweep.items():
+            per_theta[theta][split.domain] = scores
+        if name != "test" and len(samples) < config.figure_slices:
+            samples.append(_figure_sample(split, values, config))
+    results = {
+        "source": data.source,
+        "targets": list(data.targets),
+        "columns": [data.source, *data.targets],
+        "primary_metric": "dice3d: Dice per 3D volume at the original resolution, mean per domain; "
+                          "target_mean averages the target domains' means (the source column is "
+                          "its held-out test split)",
+        "secondary_metric": "dice2d: Dice per 2D slice, pooled over the domain's slices where the "
+                            "truth or the prediction has prostate",
+        "theta1": config.theta1, "theta2": config.theta2, "downscale": config.downscale,
+        "empty_box": config.empty_box, "tile_size": config.tile_size, "sam": config.sam,
+        "segmenter": config.segmenter, "seed": config.seed,
+        "rows": {row: {"label": label, **_summary(per_row[row], data.source)}
+                 for row, label in ROWS.items()},
+        "theta2_sweep": {f"{t:g}": _summary(per_theta[t], data.source) for t in config.theta2_sweep},
+        **(extra or {}),
+    }
+    return EvaluationResult(results=results, cases=cases, samples=samples)
+

@@ -1,0 +1,85 @@
+"""The epoch loop shared by the segmenter and the SAM decoder: train, select on source val, checkpoint.
+
+After every epoch the loop writes ``<name>_latest.pt`` (weights, optimiser, epoch, best so far,
+history) and, when the validation score improves, ``<name>_best.pt``; both atomically. With
+``resume`` it continues after the last finished epoch. Epochs draw their randomness from
+per-epoch generators (see engine.determinism), so a resumed fit equals an uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sammed_fast.engine.run_folder import RunFolder
+
+__all__ = ["FitResult", "fit"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    best_epoch: int  # 0-based
+    best_score: float  # validation score of best_epoch (higher is better)
+    history: list[dict]  # per epoch: epoch, loss, score, seconds
+
+
+def fit(
+    *,
+    run: RunFolder,
+    name: str,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    train_epoch: Callable[[int], float],
+    validate: Callable[[], float],
+    resume: bool,
+    progress: bool = True,
+) -> FitResult:
+    """Runs ``epochs`` epochs of ``train_epoch(epoch) -> mean loss``, scores each with
+    ``validate() -> score`` and leaves ``module`` holding the best epoch's weights (first best wins)."""
+    start, best_score, best_epoch, history = 0, -math.inf, -1, []
+    latest = run.load_checkpoint(name, "latest") if resume else None
+    if latest is not None and not run.checkpoint_path(name, "best").is_file():
+        latest = None  # a latest without its best cannot be finished correctly: start over
+    if latest is not None:
+        module.load_state_dict(latest["model"])
+        optimizer.load_state_dict(latest["optimizer"])
+        start = int(latest["epoch"]) + 1
+        best_score, best_epoch = float(latest["best_score"]), int(latest["best_epoch"])
+        history = list(latest["history"])
+        run.log(f"{name}: resuming after epoch {start} of {epochs}")
+    bar = tqdm(range(start, epochs), desc=f"training {name}", unit="epoch", disable=not progress,
+               initial=start, total=epochs)
+    for epoch in bar:
+        began = time.perf_counter()
+        module.train()
+        loss = float(train_epoch(epoch))
+        module.eval()
+        score = float(validate())
+        seconds = time.perf_counter() - began
+        history.append({"epoch": epoch, "loss": loss, "score": score, "seconds": round(seconds, 3)})
+        run.scalar(f"{name}/train_loss", loss, epoch)
+        run.scalar(f"{name}/val_dice", score, epoch)
+        run.log(f"{name} epoch {epoch + 1}/{epochs}: loss {loss:.4f}, source val Dice {score:.4f}",
+                echo=False)
+        if score > best_score:
+            best_score, best_epoch = score, epoch
+            run.save_checkpoint(name, "best", {"model": module.state_dict(), "epoch": epoch,
+                                               "score": score})
+        run.save_checkpoint(name, "latest", {
+            "model": module.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+            "epochs": epochs, "best_score": best_score, "best_epoch": best_epoch, "history": history,
+        })
+        bar.set_postfix(loss=f"{loss:.3f}", val=f"{score:.3f}", best=f"{best_score:.3f}")
+    run.flush()
+    best = run.load_checkpoint(name, "best")
+    if best is None:
+        raise RuntimeError(f"{name}: no best checkpoint after {epochs} epochs")
+    module.load_state_dict(best["model"])
+    module.eval()
+    return FitResult(best_epoch=int(best["epoch"]), best_score=float(best["score"]), history=history)

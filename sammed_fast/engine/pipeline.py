@@ -1,0 +1,186 @@
+"""One run of the main job, stage by stage, resumable; and the re-evaluation of a finished run.
+
+Stages (engine.config.STAGES): segmenter -> predict -> boxes -> decoder -> evaluate. With
+--resume a stage whose state says finished (and whose outputs exist) is skipped; the first stage
+that runs may continue an interrupted fit from its latest checkpoint, and every stage after it is
+redone, because its inputs may have changed.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from sammed_fast.engine.boxes_stage import compute_split_boxes
+from sammed_fast.engine.config import STAGES, ConfigError, TrainConfig
+from sammed_fast.engine.determinism import resolve_device
+from sammed_fast.engine.embedding_cache import EmbeddingCache
+from sammed_fast.engine.evaluation import evaluate_run_data
+from sammed_fast.engine.figure import write_figure
+from sammed_fast.engine.report import write_results
+from sammed_fast.engine.run_data import RunData, check_data, data_root, load_run_data
+from sammed_fast.engine.run_folder import RunFolder
+from sammed_fast.engine.sam_model import base_checkpoint, build_run_sam, check_sam, weights_fingerprint
+from sammed_fast.engine.sam_stage import load_decoder, train_decoder
+from sammed_fast.engine.segmenter_stage import (build_run_segmenter, load_predictions, load_segmenter,
+                                                predict_splits, train_segmenter)
+from sammed_fast.sam import TiledSam
+
+__all__ = ["preflight", "run_pipeline", "evaluate_run"]
+
+EVALUATION_OUTPUTS = ["results.json", "results.md", "cases.csv", "figure.png"]
+
+
+def preflight(config: TrainConfig) -> TrainConfig:
+    """Checks everything that can be checked before any work; returns the resolved config."""
+    config = config.resolved()
+    resolve_device(config.device)
+    check_sam(config)
+    if config.data is not None:
+        if not Path(config.data).is_dir():
+            raise ConfigError(f"--data {config.data}: folder does not exist")
+        check_data(Path(config.data), (config.source, *config.target_domains))
+    build_run_segmenter(config)  # unknown name or unusable weights file
+    return config
+
+
+@contextlib.contextmanager
+def _cpu_threads(threads: int):
+    """torch's CPU thread count for the duration of a run (0: unchanged), restored afterwards."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@dataclasses.dataclass
+class _Sam:
+    """The run's SAM and its embedding cache, built on first use."""
+
+    run: RunFolder
+    config: TrainConfig
+    data: RunData
+    device: torch.device
+    model: TiledSam | None = None
+    cache: EmbeddingCache | None = None
+
+    def get(self) -> tuple[TiledSam, EmbeddingCache]:
+        if self.model is None:
+            checkpoint = base_checkpoint(self.run, self.config)
+            self.model = build_run_sam(checkpoint, self.config, self.device)
+            directory = self.run.path / "cache" if self.config.embedding_cache == "disk" else None
+            self.cache = EmbeddingCache(model=self.model, data=self.data, device=self.device,
+                                        weights_id=weights_fingerprint(checkpoint), directory=directory,
+                                        progress=self.config.progress)
+        return self.model, self.cache
+
+
+def _selection(run: RunFolder) -> dict:
+    return {stage: {k: run.stage_info(stage)[k] for k in ("best_epoch", "val_dice")}
+            for stage in ("segmenter", "decoder")}
+
+
+def _evaluate(run: RunFolder, data: RunData, config: TrainConfig, sam: _Sam) -> dict:
+    model, cache = sam.get()
+    load_decoder(run, model)
+    result = evaluate_run_data(run=run, data=data, config=config, model=model, cache=cache,
+                               device=sam.device, extra={"selection": _selection(run)})
+    write_results(run.path, result.results, result.cases)
+    write_figure(run.path / "figure.png", result.samples)
+    for row, entry in result.results["rows"].items():
+        run.scalar(f"results/{row}_dice3d_target_mean", entry["dice3d"]["target_mean"], 0)
+    return result.results
+
+
+def _run_stage(stage: str, run: RunFolder, data: RunData, config: TrainConfig, sam: _Sam,
+               *, may_resume: bool) -> tuple[list[str], dict]:
+    """Runs one stage; returns (outputs relative to the run folder, info for state.json)."""
+    device = sam.device
+    if stage == "segmenter":
+        _, fitted = train_segmenter(run, data, config, device, resume=may_resume)
+        return ["checkpoints/segmenter_best.pt"], {"best_epoch": fitted.best_epoch,
+                                                   "val_dice": fitted.best_score}
+    if stage == "predict":
+        model = load_segmenter(run, config, device)
+        return predict_splits(run, data, model, device, progress=config.progress), {}
+    if stage == "boxes":
+        probs = {name: load_predictions(run, split) for name, split in data.splits.items()}
+        return compute_split_boxes(run, data, probs, config), {}
+    if stage == "decoder":
+        model, cache = sam.get()
+        fitted = train_decoder(run, data, config, model, cache, device, resume=may_resume)
+        return ["checkpoints/decoder_best.pt"], {"best_epoch": fitted.best_epoch,
+                                                 "val_dice": fitted.best_score}
+    if stage == "evaluate":
+        _evaluate(run, data, config, sam)
+        return list(EVALUATION_OUTPUTS), {}
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+def run_pipeline(config: TrainConfig) -> Path:
+    """Runs (or resumes) one single-source run; returns its folder."""
+    with _cpu_threads(config.threads):
+        return _run_pipeline(preflight(config))
+
+
+def _run_pipeline(config: TrainConfig) -> Path:
+    device = resolve_device(config.device)
+    run = RunFolder.open(config)
+    try:
+        root = data_root(config, progress=config.progress)
+        check_data(root, (config.source, *config.target_domains))
+        data = load_run_data(config, root, progress=config.progress)
+        run.log(f"source {config.source} (train {len(data.splits['train'].volumes)}, val "
+                f"{len(data.splits['val'].volumes)}, test {len(data.splits['test'].volumes)} volumes), "
+                f"targets {', '.join(data.targets)}; device {device}; tile {config.tile_size}")
+        sam = _Sam(run=run, config=config, data=data, device=device)
+        may_skip = config.resume
+        for stage in STAGES:
+            if may_skip and run.is_finished(stage):
+                run.log(f"stage {stage}: already finished, skipped")
+            else:
+                run.start_stage(stage, may_resume=may_skip)
+                outputs, info = _run_stage(stage, run, data, config, sam, may_resume=may_skip)
+                run.finish_stage(stage, outputs=outputs, info=info)
+                may_skip = False
+            if stage == config.stop_after:
+                run.log(f"stopping after stage {stage} (--stop-after)")
+                break
+    finally:
+        run.close()
+    return run.path
+
+
+def evaluate_run(run_dir: str | Path, *, device: str = "auto", progress: bool = True) -> dict:
+    """Re-evaluates a finished run folder with the same code path as training; rewrites its
+    results.json, results.md, cases.csv and figure.png and returns the results."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise ConfigError(f"--run {run_dir}: not a run folder (no config.json)")
+    with _cpu_threads(TrainConfig.read(run_dir / "config.json").threads):
+        return _evaluate_run(run_dir, device=device, progress=progress)
+
+
+def _evaluate_run(run_dir: Path, *, device: str, progress: bool) -> dict:
+    stored = TrainConfig.read(run_dir / "config.json")
+    config = preflight(dataclasses.replace(stored, device=device, progress=progress, resume=True))
+    run = RunFolder(path=run_dir, config=config)
+    for stage in STAGES[:-1]:
+        if not run.is_finished(stage):
+            raise ConfigError(f"--run {run_dir}: stage {stage!r} has not finished; finish the run "
+                              f"with `python -m sammed_fast.train --out {run_dir} --resume`")
+    try:
+        root = data_root(config, progress=progress)
+        data = load_run_data(config, root, progress=progress)
+        run.start_stage("evaluate", may_resume=False)
+        results = _evaluate(run, data, config, _Sam(run=run, config=config, data=data,
+                                                    device=resolve_device(device)))
+        run.finish_stage("evaluate", outputs=list(EVALUATION_OUTPUTS))
+    finally:
+        run.close()
+    return results

@@ -1,0 +1,102 @@
+"""The volumes and slices of one run: the source domain's train/val/test split and every target.
+
+Splits are named "train", "val", "test" (the source domain, 70/10/20 by sorted case id) and by the
+letter of each target domain (every volume). Each split holds its volumes and a SliceDataset of
+all their slices at the tile size; slice i of a split is row i of every per-split tensor the stages
+write (predictions, boxes, embeddings).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from sammed_fast.data import SliceDataset, Volume, find_cases, load_domain, split_source
+from sammed_fast.data.synthetic import ensure_synthetic
+from sammed_fast.engine.config import ConfigError, TrainConfig
+from sammed_fast.pretrain import default_cache_dir
+
+__all__ = ["Split", "RunData", "data_root", "check_data", "load_run_data", "SOURCE_SPLITS"]
+
+SOURCE_SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Split:
+    """One split: its volumes and their slices (image (N,1,t,t), label (N,1,t,t), keys)."""
+
+    name: str
+    domain: str
+    volumes: list[Volume]
+    slices: SliceDataset
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    @property
+    def keys(self) -> list[tuple[str, str, int]]:
+        return self.slices.keys
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunData:
+    source: str
+    targets: tuple[str, ...]
+    splits: dict[str, Split]
+
+    @property
+    def eval_splits(self) -> list[str]:
+        """The source test split, then every target domain."""
+        return ["test", *self.targets]
+
+
+def cache_dir(config: TrainConfig) -> Path:
+    return Path(config.cache_dir) if config.cache_dir is not None else default_cache_dir()
+
+
+def data_root(config: TrainConfig, *, progress: bool = True) -> Path:
+    """The data folder: ``config.data``, or the synthetic set in the cache (written if missing)."""
+    if config.data is not None:
+        if not Path(config.data).is_dir():
+            raise ConfigError(f"--data {config.data}: folder does not exist")
+        return Path(config.data)
+    if config.synthetic_cases is None:
+        folder = cache_dir(config) / "synthetic"
+        kwargs = {}
+    else:  # a smaller set of only the run's domains (tests, quick checks)
+        domains = sorted({config.source, *config.target_domains})
+        folder = cache_dir(config) / f"synthetic_{config.synthetic_cases}cases_{''.join(domains)}"
+        kwargs = dict(cases_per_domain=config.synthetic_cases, domains=domains)
+    try:
+        return ensure_synthetic(folder, progress=progress, **kwargs)
+    except FileExistsError as error:
+        raise ConfigError(str(error)) from error
+
+
+def check_data(root: Path, domains: tuple[str, ...]) -> None:
+    """Every domain's folder exists and pairs images with labels (files are read later)."""
+    for letter in domains:
+        try:
+            find_cases(root, letter)
+        except (FileNotFoundError, ValueError) as error:
+            raise ConfigError(f"--data: {error}") from error
+
+
+def load_run_data(config: TrainConfig, root: Path, *, progress: bool = True) -> RunData:
+    """Reads and normalises the source and target volumes and slices them at the tile size."""
+    def read(letter: str) -> list[Volume]:
+        try:
+            return load_domain(root, letter, progress=progress)
+        except (FileNotFoundError, ValueError) as error:
+            raise ConfigError(f"--data: {error}") from error
+
+    try:
+        parts = split_source(read(config.source))
+    except ValueError as error:
+        raise ConfigError(f"source domain {config.source}: {error}") from error
+    parts.update({letter: read(letter) for letter in config.target_domains})
+    splits = {}
+    for name, volumes in parts.items():
+        domain = config.source if name in SOURCE_SPLITS else name
+        splits[name] = Split(name=name, domain=domain, volumes=volumes,
+                             slices=SliceDataset(volumes, tile_size=config.tile_size))
+    return RunData(source=config.source, targets=tuple(config.target_domains), splits=splits)

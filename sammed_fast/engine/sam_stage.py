@@ -1,0 +1,104 @@
+"""Stages 3-4: SAM decoder fine-tuning and box-prompted SAM inference.
+
+Only the mask decoder trains (image and prompt encoders frozen), with Dice + BCE on logits, Adam,
+on the source train slices prompted with the segmenter's FILTERED boxes (the paper), against their
+labels at the tile size. Optional box jitter (each side 0..box_jitter px outward) is applied at
+training time only. Every epoch is scored on the source validation split (per-volume Dice of the
+method at theta2) and the best epoch is kept: nothing selects on target data.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from sammed_fast.engine.boxes_stage import load_boxes, prompts_for
+from sammed_fast.engine.config import ConfigError, TrainConfig
+from sammed_fast.engine.determinism import epoch_generator, seed_everything, stage_seed
+from sammed_fast.engine.embedding_cache import EmbeddingCache
+from sammed_fast.engine.fitting import FitResult, fit
+from sammed_fast.engine.losses import dice_bce_loss
+from sammed_fast.engine.run_data import RunData
+from sammed_fast.engine.run_folder import RunFolder
+from sammed_fast.engine.scoring import mean_volume_dice
+from sammed_fast.engine.segmenter_stage import shuffled_batches
+from sammed_fast.sam import TiledSam, freeze_for_decoder_training
+
+__all__ = ["jitter_boxes", "sam_probs", "train_decoder", "load_decoder", "INFERENCE_BATCH"]
+
+INFERENCE_BATCH = 64  # boxes per decoder call at inference
+
+
+def jitter_boxes(boxes: torch.Tensor, max_px: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Moves each side of (B,4) xyxy boxes outward by a random 0..max_px pixels, inside the tile."""
+    if max_px == 0:
+        return boxes
+    shift = torch.randint(0, max_px + 1, boxes.shape, generator=generator).float()
+    return (boxes + shift * torch.tensor([-1.0, -1.0, 1.0, 1.0])).clamp(0, size - 1)
+
+
+@torch.no_grad()
+def sam_probs(model: TiledSam, embeddings: torch.Tensor, boxes: torch.Tensor, keep: torch.Tensor,
+              device: torch.device, *, progress: bool = False, desc: str = "SAM decoder") -> torch.Tensor:
+    """SAM probabilities (N,t,t) float32 on the CPU for slices prompted with ``boxes`` (N,4);
+    slices with keep False get 0 (no SAM call). Deterministic."""
+    model.eval()
+    t = model.tile_size
+    out = torch.zeros(boxes.shape[0], t, t)
+    rows = torch.nonzero(keep).flatten()
+    embeddings = embeddings.to(device)
+    for chunk in tqdm(rows.split(INFERENCE_BATCH), desc=desc, unit="batch", disable=not progress,
+                      leave=False):
+        logits = model.decode(embeddings, boxes[chunk].to(device), chunk.to(device))
+        out[chunk] = torch.sigmoid(logits.float())[:, 0].cpu()
+    return out
+
+
+def load_decoder(run: RunFolder, model: TiledSam) -> None:
+    """Loads the run's selected decoder (checkpoints/decoder_best.pt) into ``model``."""
+    best = run.load_checkpoint("decoder", "best")
+    if best is None:
+        raise ConfigError(f"{run.path}: checkpoints/decoder_best.pt is missing; resume the run")
+    model.sam.mask_decoder.load_state_dict(best["model"])
+    model.eval()
+
+
+def train_decoder(run: RunFolder, data: RunData, config: TrainConfig, model: TiledSam,
+                  cache: EmbeddingCache, device: torch.device, *, resume: bool) -> FitResult:
+    """Fine-tunes ``model``'s mask decoder; leaves the best epoch's weights in it."""
+    seed_everything(stage_seed(config.seed, "decoder"))
+    parameters = freeze_for_decoder_training(model)
+    optimizer = torch.optim.Adam(parameters, lr=config.decoder_lr)
+    train, val = data.splits["train"], data.splits["val"]
+    train_boxes, keep = prompts_for(load_boxes(run, train), "filtered", config.empty_box)
+    val_boxes, val_keep = prompts_for(load_boxes(run, val), "filtered", config.empty_box)
+    rows = torch.nonzero(keep).flatten()
+    if len(rows) == 0:
+        run.log("warning: the segmenter gives no source training slice a filtered box, so the "
+                "decoder has nothing to train on and keeps its initial weights")
+    embeddings = cache.get("train").to(device)
+    val_embeddings = cache.get("val")
+    labels = train.slices.labels
+
+    def train_epoch(epoch: int) -> float:
+        generator = epoch_generator(config.seed, "decoder", epoch)
+        total, count = 0.0, 0
+        for batch in shuffled_batches(len(rows), config.decoder_batch, generator):
+            index = rows[batch]
+            boxes = jitter_boxes(train_boxes[index], config.box_jitter, config.tile_size, generator)
+            logits = model.decode(embeddings, boxes.to(device), index.to(device))
+            loss = dice_bce_loss(logits, labels[index].float().to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, count = total + loss.item() * len(index), count + len(index)
+        return total / count if count else math.nan
+
+    def validate() -> float:
+        probs = sam_probs(model, val_embeddings, val_boxes, val_keep, device)
+        return mean_volume_dice(val, probs, threshold=config.theta2)
+
+    return fit(run=run, name="decoder", module=model.sam.mask_decoder, optimizer=optimizer,
+               epochs=config.decoder_epochs, train_epoch=train_epoch, validate=validate,
+               resume=resume, progress=config.progress)

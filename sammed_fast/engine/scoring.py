@@ -1,0 +1,70 @@
+"""Dice of per-slice predictions, scored per 3D volume (primary) and per 2D slice, at the volumes'
+original resolution.
+
+Per-slice values at the tile size (probabilities, or {0,1} masks) go through a VolumeAssembler back
+to each volume's own grid (bilinear for probabilities, nearest for masks), are thresholded
+(``value > threshold``) and compared with the volume's label by ``sammed_fast.metrics``. Slices
+where both prediction and truth are empty get a per-slice Dice of NaN and are left out of 2D means
+(they would otherwise count as perfect and hide failures on prostate slices).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import torch
+
+from sammed_fast.data import VolumeAssembler
+from sammed_fast.engine.run_data import Split
+from sammed_fast.metrics import dice_per_slice, dice_per_volume
+
+__all__ = ["CaseScore", "assemble", "score_split", "mean_volume_dice"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseScore:
+    domain: str
+    case_id: str
+    dice3d: float  # Dice of the whole volume
+    dice2d: tuple[float, ...]  # Dice of each slice; NaN where prediction and truth are both empty
+
+    @property
+    def dice2d_mean(self) -> float:
+        """Mean over the slices where the truth or the prediction has prostate (NaN if none)."""
+        scored = [v for v in self.dice2d if not math.isnan(v)]
+        return sum(scored) / len(scored) if scored else math.nan
+
+
+def assemble(split: Split, values: torch.Tensor) -> VolumeAssembler:
+    """Per-slice values (N,t,t) or (N,1,t,t), row i = slice i of ``split`` -> an assembler."""
+    if values.shape[0] != len(split):
+        raise ValueError(f"split {split.name} has {len(split)} slices, got {values.shape[0]} predictions")
+    assembler = VolumeAssembler(split.volumes)
+    domains, case_ids, slices = zip(*split.keys) if len(split) else ((), (), ())
+    assembler.add(values.float(), domains, case_ids, list(slices))
+    return assembler
+
+
+def score_split(split: Split, values: torch.Tensor, *, thresholds: Sequence[float],
+                mode: str = "bilinear") -> dict[float, list[CaseScore]]:
+    """{threshold: [CaseScore of every volume of the split]}; mode "bilinear" for probabilities,
+    "nearest" for masks."""
+    assembler = assemble(split, values)
+    scores: dict[float, list[CaseScore]] = {float(t): [] for t in thresholds}
+    for volume, stack in assembler.items(mode=mode):
+        label = torch.from_numpy(volume.label).bool()
+        for threshold in scores:
+            pred = stack > threshold
+            scores[threshold].append(CaseScore(
+                domain=volume.domain, case_id=volume.case_id,
+                dice3d=float(dice_per_volume(pred, label)),
+                dice2d=tuple(dice_per_slice(pred, label, both_empty=math.nan).tolist())))
+    return scores
+
+
+def mean_volume_dice(split: Split, values: torch.Tensor, *, threshold: float,
+                     mode: str = "bilinear") -> float:
+    """Mean per-volume Dice of one split: the model-selection score on source val."""
+    cases = score_split(split, values, thresholds=[threshold], mode=mode)[float(threshold)]
+    return sum(c.dice3d for c in cases) / len(cases)

@@ -1,0 +1,126 @@
+"""Stage 1: the coarse segmenter. Trained on the source train split with Dice + BCE (Adam), selected
+on the source VALIDATION split's per-volume Dice only (never on target data); then its
+probabilities for every slice of every split are stored in ``predictions/<split>.pt``
+({"probs": float16 (N,t,t), "keys": [(domain, case, slice)]}).
+"""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from sammed_fast.engine.config import ConfigError, TrainConfig
+from sammed_fast.engine.determinism import epoch_generator, seed_everything, stage_seed
+from sammed_fast.engine.fitting import FitResult, fit
+from sammed_fast.engine.losses import dice_bce_loss
+from sammed_fast.engine.run_data import RunData, Split
+from sammed_fast.engine.run_folder import RunFolder, load_torch, save_torch_atomic
+from sammed_fast.engine.scoring import mean_volume_dice
+from sammed_fast.models import Segmenter, build_segmenter
+
+__all__ = ["SEGMENTER_THRESHOLD", "build_run_segmenter", "shuffled_batches", "segmenter_probs",
+           "train_segmenter", "load_segmenter", "predict_splits", "load_predictions"]
+
+#: Threshold of the "segmenter alone" row (the box filter uses theta1 instead).
+SEGMENTER_THRESHOLD = 0.5
+INFERENCE_BATCH = 64
+
+
+def build_run_segmenter(config: TrainConfig) -> Segmenter:
+    """The configured segmenter, from scratch or from ``config.segmenter_weights``."""
+    try:
+        return build_segmenter(config.segmenter, weights=config.segmenter_weights)
+    except (FileNotFoundError, ValueError) as error:
+        flag = "--segmenter-weights" if config.segmenter_weights is not None else "--segmenter"
+        raise ConfigError(f"{flag}: {error}") from error
+
+
+def shuffled_batches(n: int, batch: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """A random permutation of range(n) cut into batches; a last batch of one joins the previous
+    one (BatchNorm cannot train on a single slice)."""
+    chunks = list(torch.randperm(n, generator=generator).split(batch))
+    if len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks[-2:] = [torch.cat(chunks[-2:])]
+    return chunks
+
+
+@torch.no_grad()
+def segmenter_probs(model: Segmenter, split: Split, device: torch.device, *, progress: bool = False
+                    ) -> torch.Tensor:
+    """Sigmoid probabilities of every slice of ``split``: float32 (N,t,t) on the CPU."""
+    model.eval()
+    images = split.slices.images
+    out = []
+    chunks = range(0, len(split), INFERENCE_BATCH)
+    for start in tqdm(chunks, desc=f"segmenter on {split.name}", unit="batch", disable=not progress,
+                      leave=False):
+        logits = model(images[start:start + INFERENCE_BATCH].to(device))
+        out.append(torch.sigmoid(logits.float())[:, 0].cpu())
+    t = split.slices.tile_size
+    return torch.cat(out) if out else torch.zeros(0, t, t)
+
+
+def train_segmenter(run: RunFolder, data: RunData, config: TrainConfig, device: torch.device, *,
+                    resume: bool) -> tuple[Segmenter, FitResult]:
+    """Trains and selects the segmenter; leaves the best weights in checkpoints/segmenter_best.pt."""
+    seed_everything(stage_seed(config.seed, "segmenter"))
+    model = build_run_segmenter(config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.segmenter_lr)
+    train, val = data.splits["train"].slices, data.splits["val"]
+
+    def train_epoch(epoch: int) -> float:
+        generator = epoch_generator(config.seed, "segmenter", epoch)
+        total, count = 0.0, 0
+        for index in shuffled_batches(len(train), config.segmenter_batch, generator):
+            images = train.images[index].to(device)
+            labels = train.labels[index].float().to(device)
+            loss = dice_bce_loss(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, count = total + loss.item() * len(index), count + len(index)
+        return total / max(count, 1)
+
+    def validate() -> float:
+        return mean_volume_dice(val, segmenter_probs(model, val, device), threshold=SEGMENTER_THRESHOLD)
+
+    result = fit(run=run, name="segmenter", module=model, optimizer=optimizer,
+                 epochs=config.segmenter_epochs, train_epoch=train_epoch, validate=validate,
+                 resume=resume, progress=config.progress)
+    return model, result
+
+
+def load_segmenter(run: RunFolder, config: TrainConfig, device: torch.device) -> Segmenter:
+    """The selected segmenter of a run (checkpoints/segmenter_best.pt)."""
+    best = run.load_checkpoint("segmenter", "best")
+    if best is None:
+        raise ConfigError(f"{run.path}: checkpoints/segmenter_best.pt is missing; resume the run")
+    model = build_segmenter(config.segmenter)
+    model.load_state_dict(best["model"])
+    return model.to(device).eval()
+
+
+def predictions_path(run: RunFolder, split: str):
+    return run.path / "predictions" / f"{split}.pt"
+
+
+def predict_splits(run: RunFolder, data: RunData, model: Segmenter, device: torch.device, *,
+                   progress: bool = True) -> list[str]:
+    """Writes predictions/<split>.pt for every split; returns their paths relative to the run."""
+    outputs = []
+    for name, split in tqdm(data.splits.items(), desc="segmenter predictions", unit="split",
+                            disable=not progress):
+        probs = segmenter_probs(model, split, device, progress=progress)
+        path = predictions_path(run, name)
+        save_torch_atomic(path, {"probs": probs.half(), "keys": [list(k) for k in split.keys]})
+        outputs.append(str(path.relative_to(run.path)))
+    return outputs
+
+
+def load_predictions(run: RunFolder, split: Split) -> torch.Tensor:
+    """float32 (N,t,t) probabilities of ``split``; checks that they belong to its slices."""
+    path = predictions_path(run, split.name)
+    stored = load_torch(path)
+    if [tuple(k) for k in stored["keys"]] != list(split.keys):
+        raise ConfigError(f"{path} was computed for other slices than split {split.name} has now; "
+                          "the data changed since this run: start it over")
+    return stored["probs"].float()

@@ -1,0 +1,43 @@
+"""Re-evaluates a finished run folder: ``python -m sammed_fast.evaluate --run DIR``.
+
+Uses the run's stored config, segmenter predictions, boxes and selected decoder, and the same
+evaluation function as the training command; rewrites results.json, results.md, cases.csv and
+figure.png and prints the results table. Evaluation is deterministic: the numbers match the run's.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from sammed_fast.engine.config import ConfigError
+from sammed_fast.engine.pipeline import evaluate_run
+
+__all__ = ["evaluate", "main"]
+
+
+def evaluate(run: str | Path, *, device: str = "auto", progress: bool = True) -> dict:
+    """The results of re-evaluating run folder ``run`` (also written into it)."""
+    return evaluate_run(run, device=device, progress=progress)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m sammed_fast.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="run folder written by sammed_fast.train")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        results = evaluate(args.run, device=args.device, progress=not args.no_progress)
+    except ConfigError as error:
+        parser.error(str(error))
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        raise SystemExit(130)
+    print((args.run / "results.md").read_text())
+    return results
+
+
+if __name__ == "__main__":
+    main()

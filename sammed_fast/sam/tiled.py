@@ -1,0 +1,248 @@
+"""TiledSam: SAM over 2x2 merged slices, each box decoded against its own canvas embedding.
+
+Path (mode="merge"): z-scored slices (B,1,t,t) -> per-slice min-max to 0..255 ->
+``ops.merge_tiles`` (one canvas per grid^2 slices) -> frozen image encoder -> canvas embeddings
+(ceil(B/g^2),E,h,w). Boxes (B,4) xyxy in the tile frame -> ``ops.boxes_to_canvas`` -> prompt
+encoder -> mask decoder with per-box embeddings -> low-res canvas logits (B,1,4h,4w) ->
+``ops.unmerge_tiles`` -> (B,1,t,t) logits per slice.
+
+mode="resize" is the MedSAM way, for comparison: every slice is resized to the whole canvas on its
+own (one encoder pass per slice) and the boxes are scaled with it.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import MaskDecoder, Sam
+from torch import nn
+
+from sammed_fast import ops
+
+MODES = ("merge", "resize")
+
+
+def scale_to_uint8_range(images: torch.Tensor) -> torch.Tensor:
+    """Per-slice min-max to SAM's 0..255 scale: (B,C,h,w) float -> float32; a constant slice -> 0."""
+    flat = images.float().flatten(1)
+    low = flat.amin(1).view(-1, 1, 1, 1)
+    span = (flat.amax(1).view(-1, 1, 1, 1) - low).clamp_min(1e-12)
+    return (images.float() - low) / span * 255.0
+
+
+def decode_per_box(
+    decoder: MaskDecoder,
+    image_embeddings: torch.Tensor,
+    image_pe: torch.Tensor,
+    sparse: torch.Tensor,
+    dense: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MaskDecoder's prediction with one image embedding PER BOX (single-mask output).
+
+    segment_anything's ``predict_masks`` repeat_interleaves one embedding across all boxes; this
+    reuses the decoder's own submodules instead, so B embeddings and B boxes give B masks.
+    image_embeddings (B,E,h,w), image_pe (1,E,h,w), sparse (B,n,E), dense (B,E,h,w) ->
+    (low-res logits (B,1,4h,4w), IoU predictions (B,1)).
+    """
+    B, E, h, w = image_embeddings.shape
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat([output_tokens.unsqueeze(0).expand(B, -1, -1), sparse], dim=1)
+    hs, src = decoder.transformer(image_embeddings + dense, image_pe.expand(B, -1, -1, -1), tokens)
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(B, E, h, w))
+    # Mask token 0 is the single-mask output (multimask_output=False in segment_anything).
+    hyper = decoder.output_hypernetworks_mlps[0](hs[:, 1, :])
+    masks = torch.bmm(hyper.unsqueeze(1), upscaled.flatten(2)).view(B, 1, *upscaled.shape[-2:])
+    iou = decoder.iou_prediction_head(hs[:, 0, :])[:, :1]
+    return masks, iou
+
+
+class TiledSam(nn.Module):
+    """A SAM that segments slices through grid x grid merged canvases (see module docs).
+
+    sam: a segment_anything Sam. tile_size: slice side t in pixels. grid: slices per canvas side
+    (mode "merge": grid * tile_size must equal the SAM input size). trainable_encoder: run the
+    image encoder with gradients (pretraining only); otherwise it runs frozen under no_grad, in
+    bf16 autocast on CUDA.
+    """
+
+    def __init__(
+        self,
+        *,
+        sam: Sam,
+        tile_size: int,
+        grid: int = 2,
+        mode: str = "merge",
+        trainable_encoder: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(sam, Sam):
+            raise TypeError(f"sam must be a segment_anything Sam, got {type(sam).__name__}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        for name, value in (("tile_size", tile_size), ("grid", grid)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        canvas = sam.image_encoder.img_size
+        if mode == "resize" and grid != 1:
+            raise ValueError(f"mode='resize' puts one slice on each canvas: grid must be 1, got {grid}")
+        if mode == "merge" and grid * tile_size != canvas:
+            raise ValueError(
+                f"tile size {tile_size} does not fit the SAM input: grid {grid} x tile {tile_size} = "
+                f"{grid * tile_size}, but this SAM takes {canvas}x{canvas} (use tile size "
+                f"{canvas // grid}, or mode='resize')"
+            )
+        self.sam = sam
+        self.tile_size = tile_size
+        self.grid = grid
+        self.mode = mode
+        self.trainable_encoder = trainable_encoder
+        self.canvas_size = canvas
+        self.pixel_mean = tuple(float(v) for v in sam.pixel_mean.flatten())
+        self.pixel_std = tuple(float(v) for v in sam.pixel_std.flatten())
+
+    @property
+    def tiles_per_canvas(self) -> int:
+        return self.grid * self.grid
+
+    def num_canvases(self, num_slices: int) -> int:
+        return -(-num_slices // self.tiles_per_canvas)
+
+    def _check_slices(self, images: torch.Tensor) -> None:
+        t = self.tile_size
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1:] != (1, t, t):
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"images must be (B,1,{t},{t}) slices, got {shape}")
+
+    def canvases(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,1,t,t) z-scored slices -> SAM-normalised canvases (ceil(B/g^2),3,S,S) float32."""
+        self._check_slices(images)
+        x = scale_to_uint8_range(images)
+        if self.mode == "resize" and x.shape[0]:
+            size = (self.canvas_size, self.canvas_size)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return ops.merge_tiles(x, self.grid, self.pixel_mean, self.pixel_std, torch.float32)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,1,t,t) z-scored slices -> canvas embeddings (ceil(B/g^2),E,h,w) float32."""
+        canvases = self.canvases(images)
+        if canvases.shape[0] == 0:
+            E, side = self.sam.prompt_encoder.embed_dim, self.sam.prompt_encoder.image_embedding_size
+            return canvases.new_zeros(0, E, *side)
+        if self.trainable_encoder:
+            return self.sam.image_encoder(canvases)
+        cuda = canvases.device.type == "cuda"
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        with torch.no_grad(), autocast:
+            return self.sam.image_encoder(canvases).float()
+
+    def _to_canvas_frame(self, boxes: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        t = self.tile_size
+        if self.mode == "resize":
+            return boxes * (self.canvas_size / t)
+        if positions is None:
+            return ops.boxes_to_canvas(boxes, (t, t), self.grid)
+        padded, slots = self._spread(boxes, positions)
+        return ops.boxes_to_canvas(padded, (t, t), self.grid)[slots]
+
+    def _from_canvas_frame(self, logits: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        out_size = (self.tile_size, self.tile_size)
+        if positions is None:
+            return ops.unmerge_tiles(logits, self.grid, out_size)
+        padded, slots = self._spread(logits, positions)
+        return ops.unmerge_tiles(padded, self.grid, out_size)[slots]
+
+    def _spread(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Places row i at batch index g^2*i + positions[i] of a zero-padded batch, because the ops
+        read a tile's position in its canvas off its batch index. Differentiable."""
+        g2 = self.tiles_per_canvas
+        slots = torch.arange(x.shape[0], device=x.device) * g2 + positions
+        padded = x.new_zeros(x.shape[0] * g2, *x.shape[1:]).index_copy(0, slots, x)
+        return padded, slots
+
+    def decode(
+        self,
+        embeddings: torch.Tensor,
+        boxes: torch.Tensor,
+        tile_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Box-prompted logits per slice, each box against its own canvas's embedding.
+
+        embeddings: (N,E,h,w) canvas embeddings (any float dtype, e.g. a half-precision cache).
+        boxes: (B,4) float xyxy in the tile frame (pixels of the t x t slice).
+        tile_index: (B,) int64 global slice index k of each box (canvas k // g^2, position
+        k % g^2); default arange(B), i.e. box k belongs to the k-th encoded slice.
+        Returns logits (B,1,t,t) float32 (threshold at 0 for SAM's mask).
+        """
+        return self.decode_with_iou(embeddings, boxes, tile_index)[0]
+
+    def decode_with_iou(
+        self,
+        embeddings: torch.Tensor,
+        boxes: torch.Tensor,
+        tile_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`decode` plus SAM's predicted IoU (B,1) of each mask."""
+        prompt_encoder = self.sam.prompt_encoder
+        canvas_of_box, positions = self._locate(embeddings, boxes, tile_index)
+        dtype = self.sam.mask_decoder.iou_token.weight.dtype
+        if tile_index is None:
+            # Box k belongs to canvas k // g^2: a repeat, whose backward (a sum over the copies) is
+            # deterministic, unlike an indexed gather's accumulating scatter on multi-threaded CPUs.
+            per_box = embeddings.repeat_interleave(self.tiles_per_canvas, 0)[: boxes.shape[0]]
+        else:
+            per_box = embeddings[canvas_of_box.to(embeddings.device)]
+        per_box = per_box.to(device=boxes.device, dtype=dtype)
+        canvas_boxes = self._to_canvas_frame(boxes.float(), positions)
+        sparse, dense = prompt_encoder(points=None, boxes=canvas_boxes, masks=None)
+        low_res, iou = decode_per_box(
+            self.sam.mask_decoder, per_box, prompt_encoder.get_dense_pe(), sparse, dense
+        )
+        return self._from_canvas_frame(low_res, positions), iou
+
+    def _locate(
+        self, embeddings: torch.Tensor, boxes: torch.Tensor, tile_index: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Checks decode's arguments; returns each box's canvas row and, for an explicit
+        tile_index, its position in the canvas (None: position k % g^2 of box k)."""
+        E = self.sam.prompt_encoder.embed_dim
+        side = tuple(self.sam.prompt_encoder.image_embedding_size)
+        if embeddings.ndim != 4 or (embeddings.shape[1], *embeddings.shape[2:]) != (E, *side):
+            raise ValueError(
+                f"embeddings must be (N,{E},{side[0]},{side[1]}), got {tuple(embeddings.shape)}"
+            )
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or not boxes.is_floating_point():
+            raise ValueError(f"boxes must be float (B,4) xyxy, got {boxes.dtype} {tuple(boxes.shape)}")
+        B, N = boxes.shape[0], embeddings.shape[0]
+        capacity = N * self.tiles_per_canvas
+        if tile_index is None:
+            if B > capacity:
+                raise ValueError(f"{B} boxes but embeddings of {N} canvases hold {capacity} slices")
+            return torch.arange(B, device=boxes.device) // self.tiles_per_canvas, None
+        if tile_index.shape != (B,) or tile_index.dtype != torch.int64:
+            raise ValueError(
+                f"tile_index must be int64 ({B},), got {tile_index.dtype} {tuple(tile_index.shape)}"
+            )
+        if B and (int(tile_index.min()) < 0 or int(tile_index.max()) >= capacity):
+            raise ValueError(f"tile_index must lie in [0, {capacity}) for {N} canvases")
+        tile_index = tile_index.to(boxes.device)
+        positions = tile_index % self.tiles_per_canvas if self.grid > 1 else None
+        return tile_index // self.tiles_per_canvas, positions
+
+    def forward(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """(B,1,t,t) z-scored slices and (B,4) tile-frame boxes -> logits (B,1,t,t)."""
+        if boxes.shape[0] != images.shape[0]:
+            raise ValueError(f"need one box per slice: {images.shape[0]} slices, {boxes.shape[0]} boxes")
+        return self.decode(self.encode(images), boxes)
+
+
+def freeze_for_decoder_training(model: TiledSam) -> list[nn.Parameter]:
+    """Freezes the image encoder and the prompt encoder; returns the mask decoder's parameters,
+    the only trainable part when fine-tuning (pass them to the optimiser)."""
+    sam = model.sam
+    for module in (sam.image_encoder, sam.prompt_encoder):
+        module.requires_grad_(False)
+        module.eval()
+    model.trainable_encoder = False
+    sam.mask_decoder.requires_grad_(True)
+    return list(sam.mask_decoder.parameters())
