@@ -120,7 +120,7 @@ def summarise(scores: Mapping[str, Iterable[float]] | Iterable[tuple[str, float]
             raise ValueError(f"domain {domain}: no scores left to average")
         x = torch.tensor(values, dtype=torch.float64)
         mean[domain] = float(x.mean())
-        std[domain] = float(x.std(unbiased=False))
+        std[domain] = float(x.std(correction=0))
         count[domain] = len(values)
     targets = tuple(d for d in groups if d != source)
     if not targets:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from sammed_fast.atomic import write_atomic
 from sammed_fast.sam.procedural import ellipse_in_boxes, generate
 from sammed_fast.sam.registry import compact_config, sam_from_config
 from sammed_fast.sam.tiled import TiledSam
@@ -112,21 +112,6 @@ def evaluate_procedural(model: TiledSam, *, slices: int, seed: int, batch: int =
     return hard_dice(preds, data.masks).mean().item(), baselines
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Writes via a temporary file in the same folder and os.replace, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -171,7 +156,7 @@ def pretrain_compact_sam(
     # Held-out images come from a seed stream the training never draws from.
     dice, baselines = evaluate_procedural(model, slices=config.heldout_slices, seed=config.seed + 1_000_003)
     state = {key: value.cpu() for key, value in sam.eval().state_dict().items()}
-    _atomic_write(path, lambda handle: torch.save(state, handle))
+    write_atomic(path, lambda handle: torch.save(state, handle))
     seconds = time.perf_counter() - start
     sidecar = {
         "format": FORMAT,
@@ -192,7 +177,7 @@ def pretrain_compact_sam(
         "note": "procedural shapes only; a stand-in for real SAM weights",
     }
     # The sidecar goes last: a checkpoint counts as complete only when its sidecar vouches for it.
-    _atomic_write(sidecar_path(path), lambda handle: handle.write(json.dumps(sidecar, indent=2).encode()))
+    write_atomic(sidecar_path(path), lambda handle: handle.write(json.dumps(sidecar, indent=2).encode()))
     return PretrainResult(path, final_loss, dice, baselines, seconds)
 
 

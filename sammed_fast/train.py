@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: deeplabv3_resnet50 (the paper's) on a GPU, resnet18_lite on the CPU")
     g.add_argument("--segmenter-weights", type=Path, default=None, help="local initial weights file")
     g.add_argument("--segmenter-epochs", type=int, default=None,
-                   help="default: 30 on the synthetic set, 100 on real data")
+                   help="default: 60 on the synthetic set, 100 on real data")
     g.add_argument("--segmenter-batch", type=int, default=d.segmenter_batch)
     g.add_argument("--segmenter-lr", type=float, default=d.segmenter_lr)
     g = p.add_argument_group("stage 2: boxes")
@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --out: finished stages are not redone")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default=d.device, help="auto, cpu or cuda")
-    g.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0 = default)")
+    g.add_argument("--threads", type=int, default=d.threads,
+                   help="torch CPU threads; 0 = auto: 1 when training on the CPU (small models gain "
+                        "little from more, and lose badly on a shared machine), torch's default on a GPU")
     g.add_argument("--stop-after", default=None, choices=STAGES, help="stop after this stage")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p

@@ -51,7 +51,9 @@ def tiny_config(cache_dir: Path, out: Path, **changes) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def full_run(cache_dir, tmp_path_factory) -> tuple[Path, dict]:
+    threads = torch.get_num_threads()
     path = train(tiny_config(cache_dir, tmp_path_factory.mktemp("runs") / "full"))
+    assert torch.get_num_threads() == threads, "a run must restore torch's thread count"
     return path, json.loads((path / "results.json").read_text())
 
 

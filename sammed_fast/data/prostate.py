@@ -14,9 +14,8 @@ import gzip
 import math
 import os
 import re
-import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping, NamedTuple, Sequence
@@ -25,9 +24,11 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
+from sammed_fast.atomic import write_bytes_atomic
+
 __all__ = [
     "DOMAINS", "Domain", "Volume", "CaseFiles", "find_cases", "read_case", "load_domain",
-    "split_source", "normalise_intensity", "to_nifti_order", "save_like", "domain_letter",
+    "split_source", "normalise_intensity", "to_nifti_order", "save_like", "domain_letter", "read_nifti",
 ]
 
 
@@ -75,7 +76,6 @@ class Volume:
     affine: np.ndarray
     image_path: Path
     label_path: Path | None = None
-    extra: dict = field(default_factory=dict, repr=False)
 
     @property
     def num_slices(self) -> int:
@@ -136,7 +136,7 @@ def find_cases(root: str | os.PathLike, letter: str) -> list[CaseFiles]:
     return cases
 
 
-def _read_nifti(path: Path, what: str) -> tuple[np.ndarray, nib.Nifti1Image]:
+def read_nifti(path: Path, what: str) -> tuple[np.ndarray, nib.Nifti1Image]:
     """Returns the 3D data array (NIfTI order) and the image; trailing singleton axes are dropped."""
     try:
         img = nib.load(str(path))
@@ -168,8 +168,8 @@ def normalise_intensity(image: np.ndarray, *, percentile: float = 99.5,
 
 def read_case(files: CaseFiles, letter: str) -> Volume:
     """Reads, checks and normalises one case; errors name the offending file."""
-    image, img = _read_nifti(files.image, "image")
-    label, lab_img = _read_nifti(files.label, "label")
+    image, img = read_nifti(files.image, "image")
+    label, lab_img = read_nifti(files.label, "label")
     if image.shape != label.shape:
         raise ValueError(f"{files.label}: label shape {label.shape} does not match the image "
                          f"{files.image.name} shape {image.shape}")
@@ -243,18 +243,6 @@ def save_like(volume: Volume, array: np.ndarray, path: str | os.PathLike) -> Pat
     payload = out.to_bytes()
     if path.name.endswith(".gz"):
         payload = gzip.compress(payload, compresslevel=6, mtime=0)
-    write_atomic(path, payload)
+    write_bytes_atomic(path, payload)
     return path
 
-
-def write_atomic(path: Path, payload: bytes) -> None:
-    """Writes bytes to `path` via a temp file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -96,7 +96,7 @@ ACQUISITIONS: dict[str, Acquisition] = {
                      thickness_full=3.0, field="1.5T", noise=0.05, coil=0.5, bias=0.10, gamma=0.9,
                      zone=0.85, fat=0.70, blur_px=0.6, scanner_max=700),
     "C": Acquisition(fov_mm=(225, 250), matrix=112, matrix_full=224, slices=18, slices_full=60,
-                     thickness_full=1.25, field="3T", noise=0.02, coil=0.0, bias=0.45, gamma=1.5,
+                     thickness_full=1.25, field="3T", noise=0.02, coil=0.0, bias=0.38, gamma=1.4,
                      zone=1.25, fat=0.95, blur_px=0.6, scanner_max=4000),
     "D": Acquisition(fov_mm=(140, 200), matrix=128, matrix_full=256, slices=16, slices_full=24,
                      thickness_full=3.3, field="1.5T/3T", noise=0.02, coil=0.0, bias=0.35,

@@ -17,9 +17,10 @@ import torch
 from tqdm.auto import tqdm
 
 from sammed_fast import ops
+from sammed_fast.atomic import save_torch_atomic
 from sammed_fast.engine.config import ConfigError, TrainConfig
 from sammed_fast.engine.run_data import RunData, Split
-from sammed_fast.engine.run_folder import RunFolder, load_torch, save_torch_atomic
+from sammed_fast.engine.run_folder import RunFolder, load_torch
 
 __all__ = ["PROMPTS", "mask_boxes", "compute_boxes", "compute_split_boxes", "load_boxes", "prompts_for"]
 

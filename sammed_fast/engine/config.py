@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sammed_fast.atomic import write_text_atomic
 from sammed_fast.data.prostate import DOMAINS
 
 __all__ = ["ConfigError", "TrainConfig", "STAGES", "SYNTHETIC_EPOCHS", "REAL_EPOCHS", "SAM_CHOICES"]
@@ -28,7 +29,7 @@ SAM_CHOICES = ("compact", "vit_b", "vit_l", "vit_h")
 EMPTY_BOX_POLICIES = ("skip", "full")
 #: (segmenter epochs, decoder epochs) for the built-in synthetic set: sized so that the whole
 #: default run, first compact-SAM pretraining included, stays within 15 minutes on 2 CPU cores.
-SYNTHETIC_EPOCHS = (30, 40)
+SYNTHETIC_EPOCHS = (60, 40)
 #: (segmenter epochs, decoder epochs) for real data: the reference code's 100, the paper's 200.
 REAL_EPOCHS = (100, 200)
 CPU_SEGMENTER, GPU_SEGMENTER = "resnet18_lite", "deeplabv3_resnet50"
@@ -93,7 +94,7 @@ class TrainConfig:
     resume: bool = False
     seed: int = 0
     device: str = "auto"
-    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    threads: int = 0  # torch CPU threads; 0 = auto (1 for CPU runs, torch's default for GPU runs)
     stop_after: str | None = None  # debug/test knob: stop after this stage
     figure_slices: int = 4
     progress: bool = True
@@ -216,8 +217,6 @@ class TrainConfig:
                 if k not in RESUMABLE_CHANGES and mine[k] != theirs[k]]
 
     def write(self, path: Path) -> None:
-        from sammed_fast.engine.run_folder import write_text_atomic
-
         write_text_atomic(path, json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod

@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from sammed_fast.atomic import save_torch_atomic
 from sammed_fast.engine.run_data import RunData
-from sammed_fast.engine.run_folder import load_torch, save_torch_atomic
+from sammed_fast.engine.run_folder import load_torch
 from sammed_fast.sam import TiledSam
 
 __all__ = ["EmbeddingCache"]

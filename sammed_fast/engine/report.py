@@ -10,7 +10,7 @@ import io
 import json
 from pathlib import Path
 
-from sammed_fast.engine.run_folder import write_text_atomic
+from sammed_fast.atomic import write_text_atomic
 
 __all__ = ["results_table", "write_results", "all_sources_table", "write_all_sources"]
 

@@ -17,50 +17,23 @@ and its outputs exist.
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from sammed_fast.atomic import save_torch_atomic, write_text_atomic
 from sammed_fast.engine.config import STAGES, ConfigError, TrainConfig
 
-__all__ = ["RunFolder", "write_bytes_atomic", "write_text_atomic", "save_torch_atomic", "load_torch"]
+__all__ = ["RunFolder", "load_torch"]
 
 #: Everything a run writes; removed when a run folder is started over (never anything else).
 MANAGED = ("config.json", "state.json", "train.log", "checkpoints", "predictions", "boxes", "cache",
            "tensorboard", "results.json", "results.md", "cases.csv", "figure.png", "sam_base.pth",
            "sam_base.json")
-
-
-def write_bytes_atomic(path: Path, payload: bytes) -> None:
-    """Writes ``payload`` to ``path`` via a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode())
-
-
-def save_torch_atomic(path: Path, obj: Any) -> None:
-    """torch.save to ``path`` atomically."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    write_bytes_atomic(path, buffer.getvalue())
 
 
 def load_torch(path: Path) -> Any:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
+from sammed_fast.atomic import save_torch_atomic
 from sammed_fast.engine.config import ConfigError, TrainConfig
 from sammed_fast.engine.run_data import cache_dir
-from sammed_fast.engine.run_folder import RunFolder, save_torch_atomic
+from sammed_fast.engine.run_folder import RunFolder
 from sammed_fast.pretrain import PretrainConfig, ensure_compact_sam, pretrain_compact_sam
 from sammed_fast.sam import TiledSam, build_sam, config_for, describe_state_dict, freeze_for_decoder_training
 from sammed_fast.sam.registry import compact_config, expected_description, sam_from_config

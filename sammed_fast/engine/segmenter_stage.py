@@ -8,12 +8,13 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from sammed_fast.atomic import save_torch_atomic
 from sammed_fast.engine.config import ConfigError, TrainConfig
 from sammed_fast.engine.determinism import epoch_generator, seed_everything, stage_seed
 from sammed_fast.engine.fitting import FitResult, fit
 from sammed_fast.engine.losses import dice_bce_loss
 from sammed_fast.engine.run_data import RunData, Split
-from sammed_fast.engine.run_folder import RunFolder, load_torch, save_torch_atomic
+from sammed_fast.engine.run_folder import RunFolder, load_torch
 from sammed_fast.engine.scoring import mean_volume_dice
 from sammed_fast.models import Segmenter, build_segmenter
 

@@ -1,0 +1,195 @@
+"""``python -m sammed_fast.predict`` on a tiny finished run: masks on disk, agreement with the run's
+own evaluation, bad inputs reported without stopping the others, and missing runs named.
+
+One tiny run (3 synthetic cases per domain, source A, target B, tile 32, a 2-step compact-SAM
+pretraining; the segmenter gets a few fast epochs so that some slices get real filtered boxes) is
+shared by the module.
+"""
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from sammed_fast.data.prostate import DOMAINS
+from sammed_fast.engine.config import ConfigError, TrainConfig
+from sammed_fast.predict import PredictionFailed, list_inputs, main, predict
+from sammed_fast.train import train
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("predict")
+    config = TrainConfig(cache_dir=root / "cache", synthetic_cases=3, targets="B", tile_size=32,
+                         segmenter_epochs=10, segmenter_lr=1e-2, theta1=0.4, decoder_epochs=2, compact_pretrain_steps=2,
+                         empty_box="full", figure_slices=1, out=root / "run", progress=False,
+                         device="cpu", threads=1)
+    return train(config)
+
+
+def domain_folder(run: Path, letter: str) -> Path:
+    config = TrainConfig.read(run / "config.json")
+    folders = list(Path(config.cache_dir).glob(f"synthetic_*/{DOMAINS[letter].folder}"))
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
+def read_mask(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    img = nib.load(str(path))
+    return np.asarray(img.dataobj), img
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total
+
+
+def test_masks_of_a_target_domain_score_what_the_run_evaluated(tiny_run, tmp_path):
+    folder = domain_folder(tiny_run, "B")
+    inputs = list_inputs(folder)
+    assert len(inputs) == 3 and all("segmentation" not in p.name.lower() for p in inputs)
+    written = predict(run=tiny_run, inputs=folder, output=tmp_path / "out", device="cpu", progress=False)
+    assert [p.name for p in written] == [p.name.replace(".nii.gz", "_mask.nii.gz") for p in inputs]
+
+    with open(tiny_run / "cases.csv", newline="") as handle:
+        evaluated = {c["case_id"]: float(c["dice3d"]) for c in csv.DictReader(handle)
+                     if c["row"] == "sam_filtered" and c["domain"] == "B"}
+    assert len(evaluated) == len(inputs)
+    for source, mask_path in zip(inputs, written):
+        mask, img = read_mask(mask_path)
+        reference = nib.load(str(source))
+        assert mask.shape == reference.shape
+        assert np.allclose(img.affine, reference.affine)
+        assert img.get_data_dtype() == np.uint8 and set(np.unique(mask)) <= {0, 1}
+        case_id = source.name.split(".")[0]
+        label_path, = [p for p in source.parent.iterdir()
+                       if p.name.lower().startswith(f"{case_id.lower()}_segmentation.nii")]
+        label = np.asarray(nib.load(str(label_path)).dataobj) > 0
+        assert dice(mask, label) == pytest.approx(evaluated[case_id], abs=1e-3), case_id
+    assert not list((tmp_path / "out").glob("*.tmp"))
+
+    # Canvases and batches only regroup whole 4-slice canvases: the batch size changes nothing.
+    again = predict(run=tiny_run, inputs=folder, output=tmp_path / "again", device="cpu", batch=8,
+                    progress=False)
+    for first, second in zip(written, again):
+        assert np.array_equal(read_mask(first)[0], read_mask(second)[0])
+
+
+def evaluation_probs(run: Path, letter: str) -> dict[str, torch.Tensor]:
+    """The oracle: the method's SAM probabilities of every volume of target split ``letter`` at its
+    own resolution, from what the run stored (segmenter predictions, filtered boxes, the split's
+    embedding cache), through the evaluation's code path."""
+    from sammed_fast.engine.boxes_stage import load_boxes, prompts_for
+    from sammed_fast.engine.run_data import data_root, load_run_data
+    from sammed_fast.engine.run_folder import RunFolder, load_torch
+    from sammed_fast.engine.sam_model import build_run_sam
+    from sammed_fast.engine.sam_stage import load_decoder, sam_probs
+    from sammed_fast.engine.scoring import assemble
+
+    config = TrainConfig.read(run / "config.json")
+    split = load_run_data(config, data_root(config, progress=False), progress=False).splits[letter]
+    folder = RunFolder(path=run, config=config)
+    model = build_run_sam(run / "sam_base.pth", config, torch.device("cpu"))
+    load_decoder(folder, model)
+    boxes = load_boxes(folder, split)
+    prompt, keep = prompts_for(boxes, "filtered", config.empty_box)
+    real = ~boxes["filtered_empty"] & (boxes["filtered"] != boxes["whole"]).any(1)
+    assert real.any(), "no slice has a filtered box: the box filter is not exercised"
+    embeddings = load_torch(run / "cache" / f"embeddings_{letter}.pt")["embeddings"]
+    probs = sam_probs(model, embeddings, prompt, keep, torch.device("cpu"))
+    assembler = assemble(split, probs)
+    return {v.case_id: assembler.volume(v.key) for v in split.volumes}
+
+
+def test_masks_equal_the_evaluation_masks_voxel_by_voxel(tiny_run, tmp_path):
+    """At a theta2 that leaves about a tenth of the voxels in the mask (so the comparison is not
+    trivially between empty masks), predict's masks are the evaluation's."""
+    oracle = evaluation_probs(tiny_run, "B")
+    theta2 = float(torch.quantile(torch.cat([p.flatten() for p in oracle.values()]), 0.9))
+    assert 0.0 < theta2 < 1.0
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("tensorboard"))
+    config = (run / "config.json").read_text()
+    stored = TrainConfig.read(run / "config.json")
+    TrainConfig.from_json({**stored.to_json(), "theta2": theta2, "out": str(run)}).write(run / "config.json")
+    assert config != (run / "config.json").read_text()
+
+    written = predict(run=run, inputs=domain_folder(run, "B"), output=tmp_path / "out", device="cpu",
+                      progress=False)
+    for path in written:
+        case_id = path.name.removesuffix("_mask.nii.gz")
+        expected = (oracle[case_id] > theta2).numpy().transpose(2, 1, 0)  # (S,H,W) -> NIfTI order
+        mask = read_mask(path)[0].astype(bool)
+        assert expected.sum() > 0 and mask.shape == expected.shape
+        assert (mask != expected).mean() <= 1e-3, case_id
+
+
+def write_volume(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+
+
+def test_a_corrupt_input_is_reported_and_the_others_written(tiny_run, tmp_path, capsys):
+    source = nib.load(str(domain_folder(tiny_run, "A") / "Case00.nii.gz"))
+    data = np.asarray(source.dataobj, dtype=np.float32)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    affine = np.diag([0.7, 0.6, 3.0, 1.0])
+    affine[:3, 3] = (-10.0, 5.0, 2.0)
+    write_volume(inputs / "scan1.nii.gz", data[:-7, :, :5], affine)  # non-square in-plane
+    write_volume(inputs / "scan2.nii", data[:, :-3, 2:], np.eye(4))
+    (inputs / "broken.nii.gz").write_bytes(b"this is not a NIfTI file")
+    write_volume(inputs / "scan1_segmentation.nii.gz", np.zeros((3, 3, 3), np.uint8), np.eye(4))
+
+    code = main(["--run", str(tiny_run), "--input", str(inputs), "--output", str(tmp_path / "out"),
+                 "--overlays", "--device", "cpu", "--no-progress"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "broken.nii.gz" in err and "scan1_segmentation" not in err
+    for name in ("scan1", "scan2"):
+        mask, img = read_mask(tmp_path / "out" / f"{name}_mask.nii.gz")
+        reference = nib.load(str(next(inputs.glob(f"{name}.nii*"))))
+        assert mask.shape == reference.shape and np.allclose(img.affine, reference.affine)
+        assert set(np.unique(mask)) <= {0, 1}
+        assert (tmp_path / "out" / f"{name}_overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "scan1_mask.nii.gz", "scan1_overlay.png", "scan2_mask.nii.gz", "scan2_overlay.png"]
+
+    with pytest.raises(PredictionFailed) as info:
+        predict(run=tiny_run, inputs=[inputs / "broken.nii.gz", inputs / "scan2.nii"],
+                output=tmp_path / "api", device="cpu", progress=False)
+    assert list(info.value.failed) == [inputs / "broken.nii.gz"]
+    assert info.value.written == [tmp_path / "api" / "scan2_mask.nii.gz"]
+
+
+def test_a_single_input_may_name_its_output_file(tiny_run, tmp_path):
+    source = domain_folder(tiny_run, "B") / "Case01.nii.gz"
+    target = tmp_path / "deep" / "result.nii"
+    assert predict(run=tiny_run, inputs=source, output=target, device="cpu", progress=False) == [target]
+    mask, img = read_mask(target)
+    assert mask.shape == nib.load(str(source)).shape and img.get_data_dtype() == np.uint8
+
+
+def test_missing_or_incomplete_runs_are_named(tiny_run, tmp_path, capsys):
+    source = domain_folder(tiny_run, "B") / "Case01.nii.gz"
+    with pytest.raises(ConfigError, match="does not exist"):
+        predict(run=tmp_path / "nowhere", inputs=source, output=tmp_path / "out", progress=False)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(tiny_run / "config.json", partial / "config.json")
+    shutil.copytree(tiny_run / "checkpoints", partial / "checkpoints")
+    (partial / "checkpoints" / "decoder_best.pt").unlink()
+    with pytest.raises(ConfigError, match="decoder_best.pt") as info:
+        predict(run=partial, inputs=source, output=tmp_path / "out", progress=False)
+    assert "segmenter_best.pt" not in str(info.value)
+    assert main(["--run", str(tmp_path / "nowhere"), "--input", str(source), "--output",
+                 str(tmp_path / "out")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="--batch"):
+        predict(run=tiny_run, inputs=source, output=tmp_path / "out", batch=6, progress=False)
