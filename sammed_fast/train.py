@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--empty-box", default=d.empty_box, choices=("skip", "full"),
                    help="slice without a coarse box: 'skip' -> empty mask, 'full' -> whole-image box")
     g = p.add_argument_group("stages 3-4: SAM")
+    g.add_argument("--precision", default=d.precision, choices=("bf16", "fp32"),
+                   help="the frozen SAM image encoder on a GPU: bf16 autocast or fp32 (the CPU "
+                        "always runs fp32)")
     g.add_argument("--sam", default=d.sam, choices=SAM_CHOICES,
                    help="'compact' is a small stand-in pretrained on procedural shapes; real "
                         "conclusions need vit_b/l/h with --sam-checkpoint")

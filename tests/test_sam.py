@@ -182,11 +182,20 @@ def test_tiled_sam_argument_errors(sam64):
         TiledSam(sam=sam64, tile_size=TILE, grid=2, mode="resize")
     with pytest.raises(TypeError, match="Sam"):
         TiledSam(sam=torch.nn.Linear(2, 2), tile_size=TILE)
+    with pytest.raises(ValueError, match="encoder_precision"):
+        TiledSam(sam=sam64, tile_size=TILE, encoder_precision="fp16")
     model = TiledSam(sam=sam64, tile_size=TILE)
     with pytest.raises(ValueError, match="images"):
         model.encode(torch.zeros(2, 1, TILE + 1, TILE))
     empty = model.encode(torch.zeros(0, 1, TILE, TILE))
     assert model.decode(empty, torch.zeros(0, 4)).shape == (0, 1, TILE, TILE)
+
+
+def test_encoder_precision_changes_nothing_on_the_cpu(sam64):
+    images = torch.randn(5, 1, TILE, TILE)
+    bf16 = TiledSam(sam=sam64, tile_size=TILE, encoder_precision="bf16").encode(images)
+    fp32 = TiledSam(sam=sam64, tile_size=TILE, encoder_precision="fp32").encode(images)
+    assert bf16.dtype == fp32.dtype == torch.float32 and torch.equal(bf16, fp32)
 
 
 def test_registry_errors(tmp_path, sam64):

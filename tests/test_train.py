@@ -359,6 +359,8 @@ def test_config_checks_are_keyword_only_and_typed():
         TrainConfig("A")  # noqa: keyword-only
     with pytest.raises(ConfigError, match="cannot be combined"):
         TrainConfig(all_sources=True, targets="BC")
+    with pytest.raises(ConfigError, match="--precision"):
+        TrainConfig(precision="fp16").resolved()
     config = TrainConfig(targets="c,d").resolved()
     assert config.targets == ("C", "D") and config.tile_size == 64
     assert dataclasses.replace(config, sam="vit_b", tile_size=None).resolved().tile_size == 512

@@ -87,6 +87,7 @@ class TrainConfig:
     decoder_lr: float = 1e-4
     box_jitter: int = 0  # training only: each box side moves 0..box_jitter px outward
     embedding_cache: str = "disk"  # "disk" (run folder, reused on resume) or "memory"
+    precision: str = "bf16"  # the frozen SAM encoder on a GPU: "bf16" autocast or "fp32" (CPU: fp32)
     theta2: float = 0.5
     theta2_sweep: tuple[float, ...] = (0.5, 0.75, 0.9)
     # run
@@ -124,6 +125,8 @@ class TrainConfig:
                               f"{', '.join(SAM_CHOICES)}")
         if self.empty_box not in EMPTY_BOX_POLICIES:
             raise ConfigError(f"--empty-box must be one of {EMPTY_BOX_POLICIES}, got {self.empty_box!r}")
+        if self.precision not in ("bf16", "fp32"):
+            raise ConfigError(f"--precision must be 'bf16' or 'fp32', got {self.precision!r}")
         if self.embedding_cache not in ("disk", "memory"):
             raise ConfigError(f"--embedding-cache must be 'disk' or 'memory', got {self.embedding_cache!r}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):

@@ -90,7 +90,8 @@ def build_run_sam(checkpoint: Path, config: TrainConfig, device: torch.device) -
     """TiledSam over 2x2 canvases with frozen image and prompt encoders, on ``device``."""
     try:
         sam = build_sam(config.sam, checkpoint=checkpoint, canvas_size=GRID * config.tile_size)
-        model = TiledSam(sam=sam, tile_size=config.tile_size, grid=GRID)
+        model = TiledSam(sam=sam, tile_size=config.tile_size, grid=GRID,
+                         encoder_precision=config.precision)
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(f"--sam-checkpoint: {error}") from error
     freeze_for_decoder_training(model)

@@ -21,6 +21,7 @@ from torch import nn
 from sammed_fast import ops
 
 MODES = ("merge", "resize")
+PRECISIONS = ("bf16", "fp32")
 
 
 def scale_to_uint8_range(images: torch.Tensor) -> torch.Tensor:
@@ -63,7 +64,7 @@ class TiledSam(nn.Module):
     sam: a segment_anything Sam. tile_size: slice side t in pixels. grid: slices per canvas side
     (mode "merge": grid * tile_size must equal the SAM input size). trainable_encoder: run the
     image encoder with gradients (pretraining only); otherwise it runs frozen under no_grad, in
-    bf16 autocast on CUDA.
+    bf16 autocast on CUDA unless encoder_precision is "fp32" (the CPU always runs float32).
     """
 
     def __init__(
@@ -74,12 +75,15 @@ class TiledSam(nn.Module):
         grid: int = 2,
         mode: str = "merge",
         trainable_encoder: bool = False,
+        encoder_precision: str = "bf16",
     ) -> None:
         super().__init__()
         if not isinstance(sam, Sam):
             raise TypeError(f"sam must be a segment_anything Sam, got {type(sam).__name__}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if encoder_precision not in PRECISIONS:
+            raise ValueError(f"encoder_precision must be one of {PRECISIONS}, got {encoder_precision!r}")
         for name, value in (("tile_size", tile_size), ("grid", grid)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -97,6 +101,7 @@ class TiledSam(nn.Module):
         self.grid = grid
         self.mode = mode
         self.trainable_encoder = trainable_encoder
+        self.encoder_precision = encoder_precision
         self.canvas_size = canvas
         self.pixel_mean = tuple(float(v) for v in sam.pixel_mean.flatten())
         self.pixel_std = tuple(float(v) for v in sam.pixel_std.flatten())
@@ -132,7 +137,8 @@ class TiledSam(nn.Module):
         if self.trainable_encoder:
             return self.sam.image_encoder(canvases)
         cuda = canvases.device.type == "cuda"
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        bf16 = cuda and self.encoder_precision == "bf16"
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with torch.no_grad(), autocast:
             return self.sam.image_encoder(canvases).float()
 
