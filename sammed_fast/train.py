@@ -24,6 +24,7 @@ from sammed_fast.engine.config import SAM_CHOICES, STAGES, ConfigError, TrainCon
 from sammed_fast.engine.pipeline import preflight, run_pipeline
 from sammed_fast.engine.report import write_all_sources
 from sammed_fast.models import SEGMENTERS
+from sammed_fast.sam.tiled import PRECISIONS
 
 __all__ = ["TrainConfig", "train", "build_parser", "config_from_args", "main"]
 
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--empty-box", default=d.empty_box, choices=("skip", "full"),
                    help="slice without a coarse box: 'skip' -> empty mask, 'full' -> whole-image box")
     g = p.add_argument_group("stages 3-4: SAM")
-    g.add_argument("--precision", default=d.precision, choices=("bf16", "fp32"),
+    g.add_argument("--precision", default=d.precision, choices=PRECISIONS,
                    help="the frozen SAM image encoder on a GPU: bf16 autocast or fp32 (the CPU "
                         "always runs fp32)")
     g.add_argument("--sam", default=d.sam, choices=SAM_CHOICES,

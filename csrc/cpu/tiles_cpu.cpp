@@ -128,10 +128,10 @@ at::Tensor unmerge_tiles_cpu(const at::Tensor& logits_in, int64_t grid, int64_t 
   const int64_t B = logits.size(0), C = logits.size(1);
   const int64_t th = Hc / grid, tw = Wc / grid;
   const int64_t oh = out_h > 0 ? out_h : th, ow = out_w > 0 ? out_w : tw;
-  at::Tensor tiles = at::empty({B, C, th, tw}, logits.options());
   if (B == 0 || C == 0) {
     return at::empty({B, C, oh, ow}, logits.options());
   }
+  at::Tensor tiles = at::empty({B, C, th, tw}, logits.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "unmerge_tiles", [&] {
     copy_quadrants<scalar_t>(logits, tiles, grid);
   });

@@ -15,6 +15,7 @@ from typing import Any
 
 from sammed_fast.atomic import write_text_atomic
 from sammed_fast.data.prostate import DOMAINS
+from sammed_fast.sam.tiled import PRECISIONS
 
 __all__ = ["ConfigError", "TrainConfig", "STAGES", "SYNTHETIC_EPOCHS", "REAL_EPOCHS", "SAM_CHOICES"]
 
@@ -125,8 +126,8 @@ class TrainConfig:
                               f"{', '.join(SAM_CHOICES)}")
         if self.empty_box not in EMPTY_BOX_POLICIES:
             raise ConfigError(f"--empty-box must be one of {EMPTY_BOX_POLICIES}, got {self.empty_box!r}")
-        if self.precision not in ("bf16", "fp32"):
-            raise ConfigError(f"--precision must be 'bf16' or 'fp32', got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.embedding_cache not in ("disk", "memory"):
             raise ConfigError(f"--embedding-cache must be 'disk' or 'memory', got {self.embedding_cache!r}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
