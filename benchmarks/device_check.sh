@@ -80,13 +80,16 @@ if ((BUILD_OK)); then
   shopt -s nullglob
   TEST_FILES=(tests/test_ops*.py)
   ((${#TEST_FILES[@]})) || TEST_FILES=(tests)
-  run_step tests 180 tests.log "$PY" -m pytest "${TEST_FILES[@]}" -m cuda -q -rf --tb=short --maxfail=30 \
+  run_step tests 150 tests.log "$PY" -m pytest "${TEST_FILES[@]}" -m cuda -q -rf --tb=short --maxfail=30 \
     -p no:cacheprovider --continue-on-collection-errors
   case $? in
     5) STATUS[tests]="no CUDA tests collected" ;;
     99) ;;
     *) STATUS[tests]="${STATUS[tests]}: $(grep -E ' in [0-9.]+s' "$OUT_DIR/tests.log" | tail -n 1)" ;;
   esac
+
+  # ---------------------------------------------------------------- GPU checks and timings
+  run_step gpu_quick 120 gpu_quick.log "$PY" benchmarks/gpu_quick.py --out "$OUT_DIR"
 
   # ---------------------------------------------------------------- compute-sanitizer
   SANITIZER="$(command -v compute-sanitizer || true)"
@@ -111,9 +114,6 @@ if ((BUILD_OK)); then
   }
   sanitize memcheck 120
   sanitize racecheck 90
-
-  # ---------------------------------------------------------------- GPU checks and timings
-  run_step gpu_quick 150 gpu_quick.log "$PY" benchmarks/gpu_quick.py --out "$OUT_DIR"
 
   # ---------------------------------------------------------------- GPU part of the benchmark suite
   # Needs segment_anything (and kornia for one peer); on a machine without network carry wheels in
