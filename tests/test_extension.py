@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -198,3 +199,22 @@ def test_ci_exercises_the_compiled_cpu_kernels_not_the_fallback():
     assert info["compiled"], info["reason"]
     missing = [op for op in OPS if not kernel_table().get((op, "cpu"))]
     assert not missing, f"no compiled CPU kernel for {missing}"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF shared libraries only")
+def test_extension_links_the_shared_libstdcxx():
+    """A private static libstdc++ in _C crashed on the first error message that formatted a number
+    (seen with a g++ that had only libstdc++.a); setup.py refuses such compilers."""
+    if not sammed_fast.build_info()["compiled"]:
+        pytest.skip("sammed_fast._C is not built")
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("readelf not installed")
+    import sammed_fast._C as compiled
+
+    dynamic = subprocess.run([readelf, "-d", compiled.__file__], capture_output=True, text=True,
+                             check=True).stdout
+    assert "libstdc++.so" in dynamic, f"{compiled.__file__} does not load the shared libstdc++"
+    masks = torch.zeros(2, 5, 5, dtype=torch.bool)
+    with pytest.raises((RuntimeError, ValueError), match="connectivity must be 4 or 8, got 6"):
+        torch.ops.sammed_fast.label_components(masks, 6)  # formats an int64 into the message
