@@ -286,3 +286,32 @@ def test_pretrain_writes_loadable_checkpoint_and_cache_is_reused(tmp_path, monke
     assert not list(path.parent.glob("*.tmp"))
     with pytest.raises(ValueError, match="canvas_size"):
         pretrain.ensure_compact_sam(tile_size=12, progress=False)
+
+
+def test_compiled_parts_give_the_same_masks_and_gradients():
+    """--compile: encoder and per-box decoding under torch.compile (aot_eager here: the graph
+    capture and autograd are what is tested; inductor's codegen is torch's business)."""
+    torch.manual_seed(0)
+    plain = TiledSam(sam=build_sam("compact", canvas_size=2 * TILE), tile_size=TILE)
+    compiled = TiledSam(sam=build_sam("compact", canvas_size=2 * TILE), tile_size=TILE)
+    compiled.load_state_dict(plain.state_dict())
+    keys = list(compiled.state_dict())
+    for model in (plain, compiled):
+        freeze_for_decoder_training(model)
+    assert compiled.compile_parts(backend="aot_eager") is compiled and compiled.is_compiled
+    assert not plain.is_compiled
+    assert list(compiled.state_dict()) == keys, "compiling must not rename checkpoint keys"
+    images, boxes = slices(6), boxes_for(6)
+    for count in (6, 5):  # a second, smaller batch: the last batch of an epoch
+        logits = [model(images[:count], boxes[:count]) for model in (plain, compiled)]
+        torch.testing.assert_close(logits[1], logits[0], rtol=1e-5, atol=1e-5)
+    for model, out in zip((plain, compiled), logits):
+        model.sam.zero_grad(set_to_none=True)
+        out.square().mean().backward()
+    for (name, a), b in zip(plain.sam.mask_decoder.named_parameters(),
+                            compiled.sam.mask_decoder.parameters()):
+        # A part the loss does not use (the IoU head) gets None plainly, zeros when compiled.
+        zeros = torch.zeros_like(a)
+        torch.testing.assert_close(zeros if b.grad is None else b.grad,
+                                   zeros if a.grad is None else a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert all(p.grad is None for p in compiled.sam.image_encoder.parameters())

@@ -138,6 +138,36 @@ def test_evaluate_cli_reproduces_the_run(full_run, capsys):
     assert "SAM + filtered boxes (the method)" in capsys.readouterr().out
 
 
+def test_compile_flag_runs_the_sam_under_torch_compile(full_run, cache_dir, tmp_path, monkeypatch):
+    """--compile gives the uncompiled run's numbers (aot_eager instead of inductor: the same graph
+    capture without a minute of C++ code generation per shape on this CPU)."""
+    from sammed_fast.sam import TiledSam
+
+    _, reference = full_run
+    calls = []
+    original = TiledSam.compile_parts
+
+    def compile_parts_for_test(self, *, backend="inductor"):
+        calls.append(backend)
+        return original(self, backend="aot_eager")
+
+    monkeypatch.setattr(TiledSam, "compile_parts", compile_parts_for_test)
+    assert train_main_config(["--compile"]).compile and not train_main_config([]).compile
+    out = train(tiny_config(cache_dir, tmp_path / "compiled", compile=True))
+    assert calls == ["inductor"]
+    results = json.loads((out / "results.json").read_text())
+    for row, entry in results["rows"].items():
+        for metric in ("dice3d", "dice2d"):
+            for domain, value in entry[metric].items():
+                assert value == pytest.approx(reference["rows"][row][metric][domain], abs=1e-4), (row, domain)
+
+
+def train_main_config(argv: list[str]) -> TrainConfig:
+    from sammed_fast.train import build_parser, config_from_args
+
+    return config_from_args(build_parser().parse_args(argv))
+
+
 # --------------------------------------------------------------------------- resume
 def test_interrupted_run_resumes_without_redoing_finished_stages(full_run, cache_dir, tmp_path):
     _, reference = full_run

@@ -35,9 +35,10 @@ SYNTHETIC_EPOCHS = (60, 40)
 REAL_EPOCHS = (100, 200)
 CPU_SEGMENTER, GPU_SEGMENTER = "resnet18_lite", "deeplabv3_resnet50"
 DEFAULT_TILE = {"compact": 64, "vit_b": 512, "vit_l": 512, "vit_h": 512}
-#: Fields that may differ when a run is resumed (they do not change any number it produces).
+#: Fields that may differ when a run is resumed (they change no number it produces beyond
+#: floating-point rounding).
 RESUMABLE_CHANGES = ("resume", "progress", "device", "stop_after", "threads", "out", "embedding_cache",
-                     "all_sources", "figure_slices")
+                     "all_sources", "figure_slices", "compile")
 
 
 def _letters(value: Any, name: str) -> tuple[str, ...]:
@@ -89,6 +90,7 @@ class TrainConfig:
     box_jitter: int = 0  # training only: each box side moves 0..box_jitter px outward
     embedding_cache: str = "disk"  # "disk" (run folder, reused on resume) or "memory"
     precision: str = "bf16"  # the frozen SAM encoder on a GPU: "bf16" autocast or "fp32" (CPU: fp32)
+    compile: bool = False  # SAM's image encoder and per-box decoding under torch.compile (inductor)
     theta2: float = 0.5
     theta2_sweep: tuple[float, ...] = (0.5, 0.75, 0.9)
     # run

@@ -80,7 +80,8 @@ class _Sam:
     def get(self) -> tuple[TiledSam, EmbeddingCache]:
         if self.model is None:
             checkpoint = base_checkpoint(self.run, self.config)
-            self.model = build_run_sam(checkpoint, self.config, self.device)
+            self.model = build_run_sam(checkpoint, self.config, self.device,
+                                       compile_parts=self.config.compile)
             directory = self.run.path / "cache" if self.config.embedding_cache == "disk" else None
             self.cache = EmbeddingCache(model=self.model, data=self.data, device=self.device,
                                         weights_id=weights_fingerprint(checkpoint), directory=directory,

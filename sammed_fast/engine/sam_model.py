@@ -86,8 +86,10 @@ def weights_fingerprint(path: Path) -> str:
     return hashlib.sha256(f"{Path(path).absolute()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
 
 
-def build_run_sam(checkpoint: Path, config: TrainConfig, device: torch.device) -> TiledSam:
-    """TiledSam over 2x2 canvases with frozen image and prompt encoders, on ``device``."""
+def build_run_sam(checkpoint: Path, config: TrainConfig, device: torch.device, *,
+                  compile_parts: bool = False) -> TiledSam:
+    """TiledSam over 2x2 canvases with frozen image and prompt encoders, on ``device``;
+    ``compile_parts``: encoder and per-box decoding under torch.compile."""
     try:
         sam = build_sam(config.sam, checkpoint=checkpoint, canvas_size=GRID * config.tile_size)
         model = TiledSam(sam=sam, tile_size=config.tile_size, grid=GRID,
@@ -95,4 +97,5 @@ def build_run_sam(checkpoint: Path, config: TrainConfig, device: torch.device) -
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(f"--sam-checkpoint: {error}") from error
     freeze_for_decoder_training(model)
-    return model.to(device)
+    model = model.to(device)
+    return model.compile_parts() if compile_parts else model

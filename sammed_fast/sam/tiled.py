@@ -105,6 +105,23 @@ class TiledSam(nn.Module):
         self.canvas_size = canvas
         self.pixel_mean = tuple(float(v) for v in sam.pixel_mean.flatten())
         self.pixel_std = tuple(float(v) for v in sam.pixel_std.flatten())
+        self._decode_per_box = decode_per_box
+
+    def compile_parts(self, *, backend: str = "inductor") -> "TiledSam":
+        """Puts the image encoder and the per-box mask decoding under torch.compile; returns self.
+
+        The encoder is compiled in place (``nn.Module.compile``), so state dict keys do not change
+        and checkpoints stay interchangeable with uncompiled runs. The merge/unmerge ops and the
+        box conversion stay outside the compiled regions (their argument checks read values).
+        Shapes that vary (the last, smaller batch) are compiled once more, then dynamically.
+        """
+        self.sam.image_encoder.compile(backend=backend)
+        self._decode_per_box = torch.compile(decode_per_box, backend=backend)
+        return self
+
+    @property
+    def is_compiled(self) -> bool:
+        return self._decode_per_box is not decode_per_box
 
     @property
     def tiles_per_canvas(self) -> int:
@@ -201,7 +218,7 @@ class TiledSam(nn.Module):
         per_box = per_box.to(device=boxes.device, dtype=dtype)
         canvas_boxes = self._to_canvas_frame(boxes.float(), positions)
         sparse, dense = prompt_encoder(points=None, boxes=canvas_boxes, masks=None)
-        low_res, iou = decode_per_box(
+        low_res, iou = self._decode_per_box(
             self.sam.mask_decoder, per_box, prompt_encoder.get_dense_pe(), sparse, dense
         )
         return self._from_canvas_frame(low_res, positions), iou
