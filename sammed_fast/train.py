@@ -6,6 +6,7 @@ SAM's mask decoder on them, and evaluate on the source test split and every unse
         --tile-size 512 --source B
     python -m sammed_fast.train --all-sources        # six runs and their average (Table 1)
     python -m sammed_fast.train --out DIR --resume   # continue an interrupted run
+    torchrun --nproc_per_node=N -m sammed_fast.train ...   # N processes (GPUs), rank 0 writes
 
 The CLI parses its arguments into a :class:`TrainConfig` and calls :func:`train`, the same function
 Python users call. The run folder's layout is described in ``sammed_fast.engine.run_folder``.
@@ -20,7 +21,9 @@ from pathlib import Path
 from typing import Sequence
 
 from sammed_fast.data.prostate import DOMAINS
+from sammed_fast.engine import distributed
 from sammed_fast.engine.config import SAM_CHOICES, STAGES, ConfigError, TrainConfig
+from sammed_fast.engine.determinism import resolve_device
 from sammed_fast.engine.pipeline import preflight, run_pipeline
 from sammed_fast.engine.report import write_all_sources
 from sammed_fast.models import SEGMENTERS
@@ -31,9 +34,13 @@ __all__ = ["TrainConfig", "train", "build_parser", "config_from_args", "main"]
 
 def train(config: TrainConfig) -> Path:
     """Runs the whole job described by ``config``; returns the run folder (for --all-sources, the
-    folder holding one run per source and the summary table)."""
-    if not config.all_sources:
-        return run_pipeline(config)
+    folder holding one run per source and the summary table). Under torchrun every process calls
+    it with the same config: they share the work and rank 0 writes."""
+    with distributed.session(resolve_device(config.device)):
+        return run_pipeline(config) if not config.all_sources else _train_all_sources(config)
+
+
+def _train_all_sources(config: TrainConfig) -> Path:
     out = config.resolved().out
     sources = list(DOMAINS)
     for source in sources:  # every bad input is reported before the first run starts
@@ -44,7 +51,7 @@ def train(config: TrainConfig) -> Path:
         if config.stop_after is not None and config.stop_after != STAGES[-1]:
             continue
         per_source[source] = json.loads((path / "results.json").read_text())
-    if len(per_source) == len(sources):
+    if len(per_source) == len(sources) and distributed.is_main():
         write_all_sources(out, per_source)
     return out
 
@@ -138,10 +145,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
         config = config_from_args(args)
         out = train(config)
     except ConfigError as error:
+        if not distributed.is_main():  # rank 0 prints the message for every rank
+            raise SystemExit(2) from None
         parser.error(str(error))
     except KeyboardInterrupt:
         print("\ninterrupted; continue with the same command plus --resume", file=sys.stderr)
         raise SystemExit(130)
+    if not distributed.is_main():
+        return out
     if config.stop_after is None or config.stop_after == STAGES[-1]:
         print()
         print((out / "results.md").read_text())

@@ -4,6 +4,10 @@ After every epoch the loop writes ``<name>_latest.pt`` (weights, optimiser, epoc
 history) and, when the validation score improves, ``<name>_best.pt``; both atomically. With
 ``resume`` it continues after the last finished epoch. Epochs draw their randomness from
 per-epoch generators (see engine.determinism), so a resumed fit equals an uninterrupted one.
+
+Under torchrun every rank runs the loop: the epoch loss is the mean over the ranks, rank 0's
+BatchNorm statistics are copied to the others before validation, rank 0's validation score decides
+for every rank, and rank 0 alone writes the checkpoints (the RunFolder sees to that).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from sammed_fast.engine import distributed
 from sammed_fast.engine.run_folder import RunFolder
 
 __all__ = ["FitResult", "fit"]
@@ -53,14 +58,19 @@ def fit(
         best_score, best_epoch = float(latest["best_score"]), int(latest["best_epoch"])
         history = list(latest["history"])
         run.log(f"{name}: resuming after epoch {start} of {epochs}")
+        if latest.get("world_size", 1) != distributed.world_size():
+            run.log(f"warning: {name} trained its first {start} epochs in {latest.get('world_size', 1)} "
+                    f"process(es) and goes on in {distributed.world_size()}: the effective batch changes")
+    distributed.barrier()  # every rank has read the checkpoints before rank 0 writes new ones
     bar = tqdm(range(start, epochs), desc=f"training {name}", unit="epoch", disable=not progress,
                initial=start, total=epochs)
     for epoch in bar:
         began = time.perf_counter()
         module.train()
-        loss = float(train_epoch(epoch))
+        loss = distributed.mean_over_ranks(train_epoch(epoch))
         module.eval()
-        score = float(validate())
+        distributed.broadcast_buffers(module)
+        score = distributed.broadcast(float(validate()))
         seconds = time.perf_counter() - began
         history.append({"epoch": epoch, "loss": loss, "score": score, "seconds": round(seconds, 3)})
         run.scalar(f"{name}/train_loss", loss, epoch)
@@ -74,9 +84,12 @@ def fit(
         run.save_checkpoint(name, "latest", {
             "model": module.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
             "epochs": epochs, "best_score": best_score, "best_epoch": best_epoch, "history": history,
+            "world_size": distributed.world_size(),
         })
         bar.set_postfix(loss=f"{loss:.3f}", val=f"{score:.3f}", best=f"{best_score:.3f}")
     run.flush()
+    distributed.check_in_sync(module, name)
+    distributed.barrier()  # rank 0 has written the best checkpoint
     best = run.load_checkpoint(name, "best")
     if best is None:
         raise RuntimeError(f"{name}: no best checkpoint after {epochs} epochs")

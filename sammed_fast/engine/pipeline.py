@@ -4,6 +4,11 @@ Stages (engine.config.STAGES): segmenter -> predict -> boxes -> decoder -> evalu
 --resume a stage whose state says finished (and whose outputs exist) is skipped; the first stage
 that runs may continue an interrupted fit from its latest checkpoint, and every stage after it is
 redone, because its inputs may have changed.
+
+Under torchrun (WORLD_SIZE > 1) every rank runs the same stages in one process group (see
+engine.distributed): training, segmenter predictions, SAM embeddings and evaluation are shared
+between the ranks; rank 0 alone writes the run folder, derives the boxes, and (when missing)
+writes the synthetic set and the compact SAM, while the others wait.
 """
 from __future__ import annotations
 
@@ -13,12 +18,14 @@ from pathlib import Path
 
 import torch
 
+from sammed_fast.engine import distributed
 from sammed_fast.engine.boxes_stage import compute_split_boxes
 from sammed_fast.engine.config import STAGES, ConfigError, TrainConfig
 from sammed_fast.engine.determinism import resolve_device
 from sammed_fast.engine.embedding_cache import EmbeddingCache
 from sammed_fast.engine.evaluation import evaluate_run_data
 from sammed_fast.engine.figure import write_figure
+from sammed_fast.engine.fitting import FitResult
 from sammed_fast.engine.report import write_results
 from sammed_fast.engine.run_data import RunData, check_data, data_root, load_run_data
 from sammed_fast.engine.run_folder import RunFolder
@@ -79,7 +86,7 @@ class _Sam:
 
     def get(self) -> tuple[TiledSam, EmbeddingCache]:
         if self.model is None:
-            checkpoint = base_checkpoint(self.run, self.config)
+            checkpoint = distributed.main_only(lambda: base_checkpoint(self.run, self.config))
             self.model = build_run_sam(checkpoint, self.config, self.device,
                                        compile_parts=self.config.compile)
             directory = self.run.path / "cache" if self.config.embedding_cache == "disk" else None
@@ -99,11 +106,18 @@ def _evaluate(run: RunFolder, data: RunData, config: TrainConfig, sam: _Sam) -> 
     load_decoder(run, model)
     result = evaluate_run_data(run=run, data=data, config=config, model=model, cache=cache,
                                device=sam.device, extra={"selection": _selection(run)})
-    write_results(run.path, result.results, result.cases)
-    write_figure(run.path / "figure.png", result.samples)
+    if run.writes:
+        write_results(run.path, result.results, result.cases)
+        write_figure(run.path / "figure.png", result.samples)
     for row, entry in result.results["rows"].items():
         run.scalar(f"results/{row}_dice3d_target_mean", entry["dice3d"]["target_mean"], 0)
     return result.results
+
+
+def _fit_info(fitted: FitResult) -> dict:
+    """state.json info of a training stage; processes x the configured batch = the effective batch."""
+    return {"best_epoch": fitted.best_epoch, "val_dice": fitted.best_score,
+            "processes": distributed.world_size()}
 
 
 def _run_stage(stage: str, run: RunFolder, data: RunData, config: TrainConfig, sam: _Sam,
@@ -112,41 +126,50 @@ def _run_stage(stage: str, run: RunFolder, data: RunData, config: TrainConfig, s
     device = sam.device
     if stage == "segmenter":
         _, fitted = train_segmenter(run, data, config, device, resume=may_resume)
-        return ["checkpoints/segmenter_best.pt"], {"best_epoch": fitted.best_epoch,
-                                                   "val_dice": fitted.best_score}
+        return ["checkpoints/segmenter_best.pt"], _fit_info(fitted)
     if stage == "predict":
         model = load_segmenter(run, config, device)
         return predict_splits(run, data, model, device, progress=config.progress), {}
-    if stage == "boxes":
-        probs = {name: load_predictions(run, split) for name, split in data.splits.items()}
-        return compute_split_boxes(run, data, probs, config), {}
+    if stage == "boxes":  # cheap: rank 0 alone
+        def boxes() -> list[str]:
+            probs = {name: load_predictions(run, split) for name, split in data.splits.items()}
+            return compute_split_boxes(run, data, probs, config)
+
+        return distributed.main_only(boxes), {}
     if stage == "decoder":
         model, cache = sam.get()
         fitted = train_decoder(run, data, config, model, cache, device, resume=may_resume)
-        return ["checkpoints/decoder_best.pt"], {"best_epoch": fitted.best_epoch,
-                                                 "val_dice": fitted.best_score}
+        return ["checkpoints/decoder_best.pt"], _fit_info(fitted)
     if stage == "evaluate":
         _evaluate(run, data, config, sam)
         return list(EVALUATION_OUTPUTS), {}
     raise ValueError(f"unknown stage {stage!r}")
 
 
+def _rank_config(config: TrainConfig) -> TrainConfig:
+    """``config`` as this rank runs it: progress bars on rank 0 only."""
+    return config if distributed.is_main() else dataclasses.replace(config, progress=False)
+
+
 def run_pipeline(config: TrainConfig) -> Path:
-    """Runs (or resumes) one single-source run; returns its folder."""
-    with _cpu_threads(config.threads, config.device):
-        return _run_pipeline(preflight(config))
+    """Runs (or resumes) one single-source run; returns its folder. Under torchrun every rank calls
+    it with the same config."""
+    with distributed.session(resolve_device(config.device)), _cpu_threads(config.threads, config.device):
+        return _run_pipeline(preflight(_rank_config(config)))
 
 
 def _run_pipeline(config: TrainConfig) -> Path:
     device = resolve_device(config.device)
     run = RunFolder.open(config)
     try:
-        root = data_root(config, progress=config.progress)
+        root = distributed.main_only(lambda: data_root(config, progress=config.progress))
         check_data(root, (config.source, *config.target_domains))
         data = load_run_data(config, root, progress=config.progress)
+        processes = distributed.world_size()
         run.log(f"source {config.source} (train {len(data.splits['train'].volumes)}, val "
                 f"{len(data.splits['val'].volumes)}, test {len(data.splits['test'].volumes)} volumes), "
-                f"targets {', '.join(data.targets)}; device {device}; tile {config.tile_size}")
+                f"targets {', '.join(data.targets)}; device {device}; tile {config.tile_size}"
+                + (f"; {processes} processes (torchrun)" if processes > 1 else ""))
         sam = _Sam(run=run, config=config, data=data, device=device)
         may_skip = config.resume
         for stage in STAGES:
@@ -167,12 +190,14 @@ def _run_pipeline(config: TrainConfig) -> Path:
 
 def evaluate_run(run_dir: str | Path, *, device: str = "auto", progress: bool = True) -> dict:
     """Re-evaluates a finished run folder with the same code path as training; rewrites its
-    results.json, results.md, cases.csv and figure.png and returns the results."""
+    results.json, results.md, cases.csv and figure.png and returns the results. Under torchrun the
+    ranks share the work, rank 0 writes, and every rank returns the results."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise ConfigError(f"--run {run_dir}: not a run folder (no config.json)")
-    with _cpu_threads(TrainConfig.read(run_dir / "config.json").threads, device):
-        return _evaluate_run(run_dir, device=device, progress=progress)
+    with distributed.session(resolve_device(device)), \
+            _cpu_threads(TrainConfig.read(run_dir / "config.json").threads, device):
+        return _evaluate_run(run_dir, device=device, progress=progress and distributed.is_main())
 
 
 def _evaluate_run(run_dir: Path, *, device: str, progress: bool) -> dict:
@@ -184,7 +209,7 @@ def _evaluate_run(run_dir: Path, *, device: str, progress: bool) -> dict:
             raise ConfigError(f"--run {run_dir}: stage {stage!r} has not finished; finish the run "
                               f"with `python -m sammed_fast.train --out {run_dir} --resume`")
     try:
-        root = data_root(config, progress=progress)
+        root = distributed.main_only(lambda: data_root(config, progress=progress))
         data = load_run_data(config, root, progress=progress)
         run.start_stage("evaluate", may_resume=False)
         results = _evaluate(run, data, config, _Sam(run=run, config=config, data=data,

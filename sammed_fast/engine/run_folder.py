@@ -13,6 +13,10 @@ Layout::
 Every file is written to a temporary name in its folder and renamed into place, so an interrupted
 write never leaves a complete-looking file; a stage counts as finished only once state.json says so
 and its outputs exist.
+
+Under torchrun every rank holds a RunFolder of the same folder, but only rank 0 writes (``writes``):
+on the other ranks the writing methods keep the state in memory and touch no file, and starting or
+finishing a stage is a barrier, so a stage's files are complete before any rank reads them.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sammed_fast.atomic import save_torch_atomic, write_text_atomic
+from sammed_fast.engine import distributed
 from sammed_fast.engine.config import STAGES, ConfigError, TrainConfig
 
 __all__ = ["RunFolder", "load_torch"]
@@ -55,17 +60,27 @@ class RunFolder:
     def __init__(self, *, path: Path, config: TrainConfig) -> None:
         self.path = Path(path)
         self.config = config
+        self.writes = distributed.is_main()  # False on the other ranks of a torchrun launch
         self._writer = None
         self._state = self._read_state()
 
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, config: TrainConfig) -> "RunFolder":
-        """Creates, resumes (config.resume) or starts over the folder ``config.out``.
+        """Creates, resumes (config.resume) or starts over the folder ``config.out`` (rank 0; the
+        other ranks open it once rank 0 is done).
 
         Resuming checks that the stored config matches in everything that changes results. A
         folder that exists but was not written by a run is never touched.
         """
+        verb = distributed.main_only(lambda: cls._prepare(config))
+        run = cls(path=Path(config.out), config=config)
+        run.log(f"{verb} {run.path}")
+        return run
+
+    @staticmethod
+    def _prepare(config: TrainConfig) -> str:
+        """Checks, clears or creates the folder and writes config.json; returns what was done."""
         path = Path(config.out)
         if path.exists() and not path.is_dir():
             raise ConfigError(f"--out {path} exists and is not a folder")
@@ -89,10 +104,7 @@ class RunFolder:
                     target.unlink(missing_ok=True)
         path.mkdir(parents=True, exist_ok=True)
         config.write(path / "config.json")
-        run = cls(path=path, config=config)
-        verb = "resuming" if ours and config.resume else ("starting over in" if ours else "new run in")
-        run.log(f"{verb} {path}")
-        return run
+        return "resuming" if ours and config.resume else ("starting over in" if ours else "new run in")
 
     # ------------------------------------------------------------------ stage state
     def _read_state(self) -> dict:
@@ -103,7 +115,8 @@ class RunFolder:
         return state if isinstance(state.get("stages"), dict) else {"stages": {}}
 
     def _write_state(self) -> None:
-        write_text_atomic(self.path / "state.json", json.dumps(self._state, indent=2) + "\n")
+        if self.writes:
+            write_text_atomic(self.path / "state.json", json.dumps(self._state, indent=2) + "\n")
 
     def is_finished(self, stage: str) -> bool:
         """True when ``stage`` finished and every output it listed still exists."""
@@ -123,16 +136,18 @@ class RunFolder:
         ``may_resume`` (an interrupted fit continues from its latest epoch)."""
         for later in STAGES[STAGES.index(stage):]:
             self._state["stages"].pop(later, None)
-            if later != stage or not may_resume:
+            if self.writes and (later != stage or not may_resume):
                 for kind in ("latest", "best"):
                     self.checkpoint_path(later, kind).unlink(missing_ok=True)
         self._write_state()
         self.log(f"stage {stage}: running")
+        distributed.barrier()
 
     def finish_stage(self, stage: str, *, outputs: list[str], info: dict | None = None) -> None:
         self._state["stages"][stage] = {"finished": _now(), "outputs": list(outputs), "info": info or {}}
         self._write_state()
         self.log(f"stage {stage}: finished")
+        distributed.barrier()
 
     def finished_at(self, stage: str) -> str | None:
         record = self._state["stages"].get(stage)
@@ -146,7 +161,8 @@ class RunFolder:
 
     def save_checkpoint(self, name: str, kind: str, payload: dict) -> Path:
         path = self.checkpoint_path(name, kind)
-        save_torch_atomic(path, payload)
+        if self.writes:
+            save_torch_atomic(path, payload)
         return path
 
     def load_checkpoint(self, name: str, kind: str) -> dict | None:
@@ -155,6 +171,8 @@ class RunFolder:
 
     # ------------------------------------------------------------------ log and scalars
     def log(self, message: str, *, echo: bool = True) -> None:
+        if not self.writes:
+            return
         line = f"{_now()} {message}"
         with open(self.path / "train.log", "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
@@ -163,6 +181,8 @@ class RunFolder:
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         """One TensorBoard scalar (the writer is created on first use)."""
+        if not self.writes:
+            return
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -5,14 +5,19 @@ on the source train slices prompted with the segmenter's FILTERED boxes (the pap
 labels at the tile size. Optional box jitter (each side 0..box_jitter px outward) is applied at
 training time only. Every epoch is scored on the source validation split (per-volume Dice of the
 method at theta2) and the best epoch is kept: nothing selects on target data.
+
+Under torchrun only the mask decoder is wrapped in DistributedDataParallel (the frozen encoders
+stay plain on every rank), each rank trains on its share of every epoch's batches
+(``decoder_batch`` boxes per rank per step), and inference decodes shards of whole batches.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-from tqdm.auto import tqdm
+from torch import nn
 
+from sammed_fast.engine import distributed
 from sammed_fast.engine.boxes_stage import load_boxes, prompts_for
 from sammed_fast.engine.config import ConfigError, TrainConfig
 from sammed_fast.engine.determinism import epoch_generator, seed_everything, stage_seed
@@ -42,17 +47,37 @@ def jitter_boxes(boxes: torch.Tensor, max_px: int, size: int, generator: torch.G
 def sam_probs(model: TiledSam, embeddings: torch.Tensor, boxes: torch.Tensor, keep: torch.Tensor,
               device: torch.device, *, progress: bool = False, desc: str = "SAM decoder") -> torch.Tensor:
     """SAM probabilities (N,t,t) float32 on the CPU for slices prompted with ``boxes`` (N,4);
-    slices with keep False get 0 (no SAM call). Deterministic."""
+    slices with keep False get 0 (no SAM call). Deterministic, and the same on every rank (each
+    rank decodes a share of the batches)."""
     model.eval()
     t = model.tile_size
     out = torch.zeros(boxes.shape[0], t, t)
-    rows = torch.nonzero(keep).flatten()
+    chunks = torch.nonzero(keep).flatten().split(INFERENCE_BATCH)
     embeddings = embeddings.to(device)
-    for chunk in tqdm(rows.split(INFERENCE_BATCH), desc=desc, unit="batch", disable=not progress,
-                      leave=False):
+
+    def chunk_probs(chunk: torch.Tensor) -> torch.Tensor:
         logits = model.decode(embeddings, boxes[chunk].to(device), chunk.to(device))
-        out[chunk] = torch.sigmoid(logits.float())[:, 0].cpu()
+        return torch.sigmoid(logits.float())[:, 0].cpu()
+
+    probs = distributed.map_sharded(chunk_probs, chunks, desc=desc, unit="batch", progress=progress)
+    for chunk, chunk_out in zip(chunks, probs):
+        out[chunk] = chunk_out
     return out
+
+
+class _DecoderStep(nn.Module):
+    """``model.decode`` as a module whose only submodule is the mask decoder, so that
+    DistributedDataParallel can wrap the decoding (DDP averages gradients only when called through
+    its forward) while syncing just the decoder's weights, not the frozen encoders'."""
+
+    def __init__(self, model: TiledSam) -> None:
+        super().__init__()
+        self.mask_decoder = model.sam.mask_decoder
+        self.decode = model.decode  # a bound method: not a submodule
+
+    def forward(self, embeddings: torch.Tensor, boxes: torch.Tensor, tile_index: torch.Tensor
+                ) -> torch.Tensor:
+        return self.decode(embeddings, boxes, tile_index)
 
 
 def load_decoder(run: RunFolder, model: TiledSam) -> None:
@@ -69,6 +94,8 @@ def train_decoder(run: RunFolder, data: RunData, config: TrainConfig, model: Til
     """Fine-tunes ``model``'s mask decoder; leaves the best epoch's weights in it."""
     seed_everything(stage_seed(config.seed, "decoder"))
     parameters = freeze_for_decoder_training(model)
+    # The IoU head and the three multimask outputs never reach the loss: DDP must skip them.
+    decode = distributed.wrap(_DecoderStep(model), device, find_unused_parameters=True)
     optimizer = torch.optim.Adam(parameters, lr=config.decoder_lr)
     train, val = data.splits["train"], data.splits["val"]
     train_boxes, keep = prompts_for(load_boxes(run, train), "filtered", config.empty_box)
@@ -83,11 +110,14 @@ def train_decoder(run: RunFolder, data: RunData, config: TrainConfig, model: Til
 
     def train_epoch(epoch: int) -> float:
         generator = epoch_generator(config.seed, "decoder", epoch)
+        batches = shuffled_batches(len(rows), config.decoder_batch, generator)
+        if distributed.rank() > 0:  # this rank's own jitter; rank 0 goes on with the shared stream
+            generator = epoch_generator(config.seed, "decoder", epoch, rank=distributed.rank())
         total, count = 0.0, 0
-        for batch in shuffled_batches(len(rows), config.decoder_batch, generator):
+        for batch in batches:
             index = rows[batch]
             boxes = jitter_boxes(train_boxes[index], config.box_jitter, config.tile_size, generator)
-            logits = model.decode(embeddings, boxes.to(device), index.to(device))
+            logits = decode(embeddings, boxes.to(device), index.to(device))
             loss = dice_bce_loss(logits, labels[index].float().to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -6,6 +6,8 @@ to each volume's own grid (bilinear for probabilities, nearest for masks), are t
 (``value > threshold``) and compared with the volume's label by ``sammed_fast.metrics``. Slices
 where both prediction and truth are empty get a per-slice Dice of NaN and are left out of 2D means
 (they would otherwise count as perfect and hide failures on prostate slices).
+
+Under torchrun each rank scores a share of the volumes and every rank gets every score.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from typing import Sequence
 
 import torch
 
-from sammed_fast.data import VolumeAssembler
+from sammed_fast.data import Volume, VolumeAssembler
+from sammed_fast.engine import distributed
 from sammed_fast.engine.run_data import Split
 from sammed_fast.metrics import dice_per_slice, dice_per_volume
 
@@ -46,21 +49,28 @@ def assemble(split: Split, values: torch.Tensor) -> VolumeAssembler:
     return assembler
 
 
+def _case_score(volume: Volume, pred: torch.Tensor, label: torch.Tensor) -> CaseScore:
+    """Scores of one volume's (S,H,W) bool prediction against its (S,H,W) bool label."""
+    return CaseScore(domain=volume.domain, case_id=volume.case_id,
+                     dice3d=float(dice_per_volume(pred, label)),
+                     dice2d=tuple(dice_per_slice(pred, label, both_empty=math.nan).tolist()))
+
+
 def score_split(split: Split, values: torch.Tensor, *, thresholds: Sequence[float],
                 mode: str = "bilinear") -> dict[float, list[CaseScore]]:
     """{threshold: [CaseScore of every volume of the split]}; mode "bilinear" for probabilities,
     "nearest" for masks."""
     assembler = assemble(split, values)
-    scores: dict[float, list[CaseScore]] = {float(t): [] for t in thresholds}
-    for volume, stack in assembler.items(mode=mode):
+    thresholds = list(dict.fromkeys(float(t) for t in thresholds))
+
+    def score_volume(volume: Volume) -> list[CaseScore]:
+        """One CaseScore per threshold."""
+        stack = assembler.volume(volume.key, mode=mode)
         label = torch.from_numpy(volume.label).bool()
-        for threshold in scores:
-            pred = stack > threshold
-            scores[threshold].append(CaseScore(
-                domain=volume.domain, case_id=volume.case_id,
-                dice3d=float(dice_per_volume(pred, label)),
-                dice2d=tuple(dice_per_slice(pred, label, both_empty=math.nan).tolist())))
-    return scores
+        return [_case_score(volume, stack > t, label) for t in thresholds]
+
+    per_volume = distributed.map_sharded(score_volume, split.volumes)
+    return {t: [scores[i] for scores in per_volume] for i, t in enumerate(thresholds)}
 
 
 def mean_volume_dice(split: Split, values: torch.Tensor, *, threshold: float,

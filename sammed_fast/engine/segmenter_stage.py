@@ -2,6 +2,10 @@
 on the source VALIDATION split's per-volume Dice only (never on target data); then its
 probabilities for every slice of every split are stored in ``predictions/<split>.pt``
 ({"probs": float16 (N,t,t), "keys": [(domain, case, slice)]}).
+
+Under torchrun the segmenter trains in DistributedDataParallel, each rank on its share of every
+epoch's batches (``segmenter_batch`` slices per rank per step), and the probabilities are computed
+in shards of whole inference batches, gathered on every rank; rank 0 writes the files.
 """
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sammed_fast.atomic import save_torch_atomic
+from sammed_fast.engine import distributed
 from sammed_fast.engine.config import ConfigError, TrainConfig
 from sammed_fast.engine.determinism import epoch_generator, seed_everything, stage_seed
 from sammed_fast.engine.fitting import FitResult, fit
@@ -35,10 +40,19 @@ def build_run_segmenter(config: TrainConfig) -> Segmenter:
         raise ConfigError(f"{flag}: {error}") from error
 
 
-def shuffled_batches(n: int, batch: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """A random permutation of range(n) cut into batches; a last batch of one joins the previous
-    one (BatchNorm cannot train on a single slice)."""
-    chunks = list(torch.randperm(n, generator=generator).split(batch))
+def shuffled_batches(n: int, batch: int, generator: torch.Generator, *, rank: int | None = None,
+                     world_size: int | None = None) -> list[torch.Tensor]:
+    """This rank's batches of one epoch (default: this process's rank of all of them).
+
+    A random permutation of range(n), the same on every rank, is split between the ranks as
+    DistributedSampler does (padded by repeating its start so that every rank gets as many slices,
+    then every world_size-th slice) and cut into batches of ``batch``; a last batch of one joins
+    the previous one (BatchNorm cannot train on a single slice). One process: the permutation cut
+    into batches.
+    """
+    order = torch.randperm(n, generator=generator)
+    mine = distributed.shard_indices(n, strided=True, pad=True, rank=rank, world_size=world_size)
+    chunks = list(order[torch.tensor(mine, dtype=torch.long)].split(batch))
     if len(chunks) > 1 and len(chunks[-1]) == 1:
         chunks[-2:] = [torch.cat(chunks[-2:])]
     return chunks
@@ -47,15 +61,17 @@ def shuffled_batches(n: int, batch: int, generator: torch.Generator) -> list[tor
 @torch.no_grad()
 def segmenter_probs(model: Segmenter, split: Split, device: torch.device, *, progress: bool = False
                     ) -> torch.Tensor:
-    """Sigmoid probabilities of every slice of ``split``: float32 (N,t,t) on the CPU."""
+    """Sigmoid probabilities of every slice of ``split``: float32 (N,t,t) on the CPU, on every rank
+    (each rank computes a share of the inference batches)."""
     model.eval()
     images = split.slices.images
-    out = []
-    chunks = range(0, len(split), INFERENCE_BATCH)
-    for start in tqdm(chunks, desc=f"segmenter on {split.name}", unit="batch", disable=not progress,
-                      leave=False):
+
+    def batch_probs(start: int) -> torch.Tensor:
         logits = model(images[start:start + INFERENCE_BATCH].to(device))
-        out.append(torch.sigmoid(logits.float())[:, 0].cpu())
+        return torch.sigmoid(logits.float())[:, 0].cpu()
+
+    out = distributed.map_sharded(batch_probs, range(0, len(split), INFERENCE_BATCH),
+                                  desc=f"segmenter on {split.name}", unit="batch", progress=progress)
     t = split.slices.tile_size
     return torch.cat(out) if out else torch.zeros(0, t, t)
 
@@ -65,6 +81,7 @@ def train_segmenter(run: RunFolder, data: RunData, config: TrainConfig, device: 
     """Trains and selects the segmenter; leaves the best weights in checkpoints/segmenter_best.pt."""
     seed_everything(stage_seed(config.seed, "segmenter"))
     model = build_run_segmenter(config).to(device)
+    trained = distributed.wrap(model, device)  # the model itself for one process
     optimizer = torch.optim.Adam(model.parameters(), lr=config.segmenter_lr)
     train, val = data.splits["train"].slices, data.splits["val"]
 
@@ -74,7 +91,7 @@ def train_segmenter(run: RunFolder, data: RunData, config: TrainConfig, device: 
         for index in shuffled_batches(len(train), config.segmenter_batch, generator):
             images = train.images[index].to(device)
             labels = train.labels[index].float().to(device)
-            loss = dice_bce_loss(model(images), labels)
+            loss = dice_bce_loss(trained(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -106,13 +123,15 @@ def predictions_path(run: RunFolder, split: str):
 
 def predict_splits(run: RunFolder, data: RunData, model: Segmenter, device: torch.device, *,
                    progress: bool = True) -> list[str]:
-    """Writes predictions/<split>.pt for every split; returns their paths relative to the run."""
+    """Writes predictions/<split>.pt for every split (rank 0); returns their paths relative to the
+    run."""
     outputs = []
     for name, split in tqdm(data.splits.items(), desc="segmenter predictions", unit="split",
                             disable=not progress):
         probs = segmenter_probs(model, split, device, progress=progress)
         path = predictions_path(run, name)
-        save_torch_atomic(path, {"probs": probs.half(), "keys": [list(k) for k in split.keys]})
+        if run.writes:
+            save_torch_atomic(path, {"probs": probs.half(), "keys": [list(k) for k in split.keys]})
         outputs.append(str(path.relative_to(run.path)))
     return outputs
 
