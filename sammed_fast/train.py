@@ -22,7 +22,7 @@ from typing import Sequence
 
 from sammed_fast.data.prostate import DOMAINS
 from sammed_fast.engine import distributed
-from sammed_fast.engine.config import SAM_CHOICES, STAGES, ConfigError, TrainConfig
+from sammed_fast.engine.config import PROMPT_KINDS, SAM_CHOICES, STAGES, ConfigError, TrainConfig
 from sammed_fast.engine.determinism import resolve_device
 from sammed_fast.engine.pipeline import preflight, run_pipeline
 from sammed_fast.engine.report import write_all_sources
@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: 40 on the synthetic set, 200 on real data")
     g.add_argument("--decoder-batch", type=int, default=d.decoder_batch)
     g.add_argument("--decoder-lr", type=float, default=d.decoder_lr)
+    g.add_argument("--decoder-prompts", default=d.decoder_prompts, choices=PROMPT_KINDS,
+                   help="boxes the decoder is fine-tuned and selected with: 'filtered' is the method; "
+                        "'gt', 'whole', 'unfiltered' give the paper's Table 3 ablation rows")
     g.add_argument("--box-jitter", type=int, default=d.box_jitter,
                    help="training only: move each box side 0..N px outward")
     g.add_argument("--embedding-cache", default=d.embedding_cache, choices=("disk", "memory"))

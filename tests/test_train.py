@@ -162,6 +162,32 @@ def test_compile_flag_runs_the_sam_under_torch_compile(full_run, cache_dir, tmp_
                 assert value == pytest.approx(reference["rows"][row][metric][domain], abs=1e-4), (row, domain)
 
 
+def test_decoder_prompts_choose_the_boxes_the_decoder_learns_from(full_run, cache_dir, tmp_path,
+                                                                  monkeypatch):
+    """--decoder-prompts gt: the decoder trains and is selected with ground-truth boxes (the paper's
+    SAM+GT row of Table 3); the default run used the filtered boxes."""
+    from sammed_fast.engine import sam_stage
+
+    path, reference = full_run
+    assert reference["decoder_prompts"] == "filtered"
+    kinds = []
+    original = sam_stage.prompts_for
+
+    def recording_prompts_for(boxes, kind, empty_box):
+        kinds.append(kind)
+        return original(boxes, kind, empty_box)
+
+    monkeypatch.setattr(sam_stage, "prompts_for", recording_prompts_for)
+    out = train(tiny_config(cache_dir, tmp_path / "gt", decoder_prompts="gt"))
+    assert kinds[:2] == ["gt", "gt"], "training and selection must both use the chosen boxes"
+    results = json.loads((out / "results.json").read_text())
+    assert results["decoder_prompts"] == "gt"
+    assert "fine-tuned with gt boxes" in (out / "results.md").read_text()
+    tuned = [torch.load(p / "checkpoints" / "decoder_best.pt", weights_only=True)["model"]
+             for p in (path, out)]
+    assert any(not torch.equal(tuned[0][k], tuned[1][k]) for k in tuned[0]), "same decoder either way"
+
+
 def train_main_config(argv: list[str]) -> TrainConfig:
     from sammed_fast.train import build_parser, config_from_args
 
@@ -321,6 +347,7 @@ def safe_args(tmp_path) -> list[str]:
     (["--tile-size", "20"], "does not fit --sam compact"),
     (["--theta1", "1.5"], "theta1 must lie strictly between 0 and 1"),
     (["--segmenter-epochs", "0"], "--segmenter-epochs must be a positive integer"),
+    (["--decoder-prompts", "box"], "--decoder-prompts: invalid choice"),
 ])
 def test_bad_arguments_get_one_clear_message(capsys, safe_args, args, message):
     err = cli_error(capsys, safe_args + args)

@@ -18,13 +18,13 @@ from tqdm.auto import tqdm
 
 from sammed_fast import ops
 from sammed_fast.atomic import save_torch_atomic
-from sammed_fast.engine.config import ConfigError, TrainConfig
+from sammed_fast.engine.config import PROMPT_KINDS, ConfigError, TrainConfig
 from sammed_fast.engine.run_data import RunData, Split
 from sammed_fast.engine.run_folder import RunFolder, load_torch
 
 __all__ = ["PROMPTS", "mask_boxes", "compute_boxes", "compute_split_boxes", "load_boxes", "prompts_for"]
 
-PROMPTS = ("whole", "unfiltered", "filtered", "gt")
+PROMPTS = PROMPT_KINDS
 CHUNK = 256  # slices per boxes_from_probs call (bounds memory at large tile sizes)
 
 

@@ -28,6 +28,8 @@ class ConfigError(ValueError):
 STAGES = ("segmenter", "predict", "boxes", "decoder", "evaluate")
 SAM_CHOICES = ("compact", "vit_b", "vit_l", "vit_h")
 EMPTY_BOX_POLICIES = ("skip", "full")
+#: Box prompt kinds of the boxes stage (see engine.boxes_stage).
+PROMPT_KINDS = ("whole", "unfiltered", "filtered", "gt")
 #: (segmenter epochs, decoder epochs) for the built-in synthetic set: sized so that the whole
 #: default run, first compact-SAM pretraining included, stays within 15 minutes on 2 CPU cores.
 SYNTHETIC_EPOCHS = (60, 40)
@@ -87,6 +89,7 @@ class TrainConfig:
     decoder_epochs: int | None = None
     decoder_batch: int = 16
     decoder_lr: float = 1e-4
+    decoder_prompts: str = "filtered"  # boxes the decoder is fine-tuned and selected with (Table 3)
     box_jitter: int = 0  # training only: each box side moves 0..box_jitter px outward
     embedding_cache: str = "disk"  # "disk" (run folder, reused on resume) or "memory"
     precision: str = "bf16"  # the frozen SAM encoder on a GPU: "bf16" autocast or "fp32" (CPU: fp32)
@@ -128,6 +131,8 @@ class TrainConfig:
                               f"{', '.join(SAM_CHOICES)}")
         if self.empty_box not in EMPTY_BOX_POLICIES:
             raise ConfigError(f"--empty-box must be one of {EMPTY_BOX_POLICIES}, got {self.empty_box!r}")
+        if self.decoder_prompts not in PROMPT_KINDS:
+            raise ConfigError(f"--decoder-prompts must be one of {PROMPT_KINDS}, got {self.decoder_prompts!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.embedding_cache not in ("disk", "memory"):

@@ -151,7 +151,8 @@ def evaluate_run_data(*, run: RunFolder, data: RunData, config: TrainConfig, mod
         "secondary_metric": "dice2d: Dice per 2D slice, pooled over the domain's slices where the "
                             "truth or the prediction has prostate",
         "theta1": config.theta1, "theta2": config.theta2, "downscale": config.downscale,
-        "empty_box": config.empty_box, "tile_size": config.tile_size, "sam": config.sam,
+        "empty_box": config.empty_box, "decoder_prompts": config.decoder_prompts,
+        "tile_size": config.tile_size, "sam": config.sam,
         "segmenter": config.segmenter, "seed": config.seed,
         "rows": {row: {"label": label, **_summary(per_row[row], data.source)}
                  for row, label in ROWS.items()},

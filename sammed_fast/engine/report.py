@@ -53,7 +53,8 @@ def results_markdown(results: dict) -> str:
         "",
         f"SAM: {results['sam']}, tile {results['tile_size']} px (2x2 canvas), segmenter "
         f"{results['segmenter']}, theta1 {results['theta1']}, downscale {results['downscale']}, "
-        f"theta2 {results['theta2']}, empty-box policy '{results['empty_box']}', seed {results['seed']}.",
+        f"theta2 {results['theta2']}, empty-box policy '{results['empty_box']}', seed {results['seed']}; "
+        f"the decoder was fine-tuned with {results.get('decoder_prompts', 'filtered')} boxes.",
     ]
     for name, info in selection.items():
         lines.append(f"{name} selected on source val: epoch {info['best_epoch'] + 1}, "

@@ -1,10 +1,11 @@
 """Stages 3-4: SAM decoder fine-tuning and box-prompted SAM inference.
 
 Only the mask decoder trains (image and prompt encoders frozen), with Dice + BCE on logits, Adam,
-on the source train slices prompted with the segmenter's FILTERED boxes (the paper), against their
-labels at the tile size. Optional box jitter (each side 0..box_jitter px outward) is applied at
-training time only. Every epoch is scored on the source validation split (per-volume Dice of the
-method at theta2) and the best epoch is kept: nothing selects on target data.
+on the source train slices prompted with the segmenter's FILTERED boxes (the paper; another kind
+with ``decoder_prompts``, for the Table 3 ablation), against their labels at the tile size.
+Optional box jitter (each side 0..box_jitter px outward) is applied at training time only. Every
+epoch is scored on the source validation split (per-volume Dice at theta2, with the same kind of
+boxes) and the best epoch is kept: nothing selects on target data.
 
 Under torchrun only the mask decoder is wrapped in DistributedDataParallel (the frozen encoders
 stay plain on every rank), each rank trains on its share of every epoch's batches
@@ -98,8 +99,8 @@ def train_decoder(run: RunFolder, data: RunData, config: TrainConfig, model: Til
     decode = distributed.wrap(_DecoderStep(model), device, find_unused_parameters=True)
     optimizer = torch.optim.Adam(parameters, lr=config.decoder_lr)
     train, val = data.splits["train"], data.splits["val"]
-    train_boxes, keep = prompts_for(load_boxes(run, train), "filtered", config.empty_box)
-    val_boxes, val_keep = prompts_for(load_boxes(run, val), "filtered", config.empty_box)
+    train_boxes, keep = prompts_for(load_boxes(run, train), config.decoder_prompts, config.empty_box)
+    val_boxes, val_keep = prompts_for(load_boxes(run, val), config.decoder_prompts, config.empty_box)
     rows = torch.nonzero(keep).flatten()
     if len(rows) == 0:
         run.log("warning: the segmenter gives no source training slice a filtered box, so the "
