@@ -2,7 +2,6 @@
 name. Every writer of the package goes through here."""
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 from pathlib import Path
@@ -41,6 +40,4 @@ def save_torch_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """torch.save of ``obj`` to ``path``, atomically."""
     import torch
 
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return write_bytes_atomic(path, buffer.getvalue())
+    return write_atomic(path, lambda handle: torch.save(obj, handle))

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from sammed_fast.atomic import write_atomic
+from sammed_fast.atomic import save_torch_atomic, write_text_atomic
 from sammed_fast.sam.procedural import ellipse_in_boxes, generate
 from sammed_fast.sam.registry import compact_config, sam_from_config
 from sammed_fast.sam.tiled import TiledSam
@@ -156,7 +156,7 @@ def pretrain_compact_sam(
     # Held-out images come from a seed stream the training never draws from.
     dice, baselines = evaluate_procedural(model, slices=config.heldout_slices, seed=config.seed + 1_000_003)
     state = {key: value.cpu() for key, value in sam.eval().state_dict().items()}
-    write_atomic(path, lambda handle: torch.save(state, handle))
+    save_torch_atomic(path, state)
     seconds = time.perf_counter() - start
     sidecar = {
         "format": FORMAT,
@@ -177,7 +177,7 @@ def pretrain_compact_sam(
         "note": "procedural shapes only; a stand-in for real SAM weights",
     }
     # The sidecar goes last: a checkpoint counts as complete only when its sidecar vouches for it.
-    write_atomic(sidecar_path(path), lambda handle: handle.write(json.dumps(sidecar, indent=2).encode()))
+    write_text_atomic(sidecar_path(path), json.dumps(sidecar, indent=2))
     return PretrainResult(path, final_loss, dice, baselines, seconds)
 
 

@@ -103,7 +103,7 @@ def train_decoder(run: RunFolder, data: RunData, config: TrainConfig, model: Til
     val_boxes, val_keep = prompts_for(load_boxes(run, val), config.decoder_prompts, config.empty_box)
     rows = torch.nonzero(keep).flatten()
     if len(rows) == 0:
-        run.log("warning: the segmenter gives no source training slice a filtered box, so the "
+        run.log(f"warning: no source training slice has a {config.decoder_prompts} box, so the "
                 "decoder has nothing to train on and keeps its initial weights")
     embeddings = cache.get("train").to(device)
     val_embeddings = cache.get("val")
