@@ -17,7 +17,9 @@ TORCH_LIBRARY(sammed_fast, m) {
   // -> (mask bool (B,H,W), boxes float32 (B,4) xyxy inclusive, areas int64 (B,))
   m.def("largest_component(Tensor masks, int connectivity) -> (Tensor, Tensor, Tensor)");
   // probs (B,H,W) float -> (boxes float32 (B,4) full-resolution xyxy inclusive, empty bool (B,)).
-  // check_finite: raise on NaN where the kernel can do so without a host synchronisation (CPU).
+  // Cells are pooled and compared in float64 for float64 probs, else in float32. check_finite:
+  // raise on NaN or infinite values where the kernel can do so without a host synchronisation
+  // (CPU). Every output shape of every op follows from the input shapes (meta tensors work).
   m.def(
       "boxes_from_probs(Tensor probs, float threshold, int downscale, int connectivity, "
       "bool empty_full, bool check_finite=False) -> (Tensor, Tensor)");

@@ -11,7 +11,10 @@ packs a split, so predicting a split's volumes reproduces its evaluation masks. 
 return to the volume's in-plane size bilinearly and are thresholded there (as the evaluation
 scores them). One uint8 mask per input, with the input's affine and header, appears atomically as
 ``<stem>_mask.nii.gz`` in the output folder (or at ``--output`` itself when it names a .nii/.nii.gz
-file and the input is one file); ``--overlays`` adds ``<stem>_overlay.png``.
+file and the input is one file); ``--overlays`` adds ``<stem>_overlay.png``. Masks are written in
+each input's own voxel orientation. An output that is one of the inputs, or an existing file that
+is not a mask written by this command (its NIfTI header's descrip says "sammed_fast mask"), is
+refused before any work: a scan is never replaced.
 
 An unreadable input is reported on stderr, naming the file, and the others are still predicted;
 the command then exits with status 1. The CLI parses its arguments and calls :func:`predict`.
@@ -21,24 +24,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import os
 import re
 import sys
 from pathlib import Path
 from typing import Sequence
 
+import nibabel as nib
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from sammed_fast import ops
-from sammed_fast.data.prostate import Volume, read_nifti, normalise_intensity, save_like, to_nifti_order
+from sammed_fast.data.prostate import (Volume, canonical_spacing, file_orientation, normalise_intensity,
+                                      read_nifti, save_like, to_canonical, to_nifti_order)
 from sammed_fast.data.slices import resize_images
 from sammed_fast.engine.boxes_stage import prompts_for
 from sammed_fast.engine.config import ConfigError, TrainConfig
 from sammed_fast.engine.determinism import resolve_device
 from sammed_fast.engine.run_data import cache_dir
 from sammed_fast.atomic import write_bytes_atomic
-from sammed_fast.engine.run_folder import RunFolder
+from sammed_fast.engine.run_folder import MARKER, RunFolder, is_run_folder
 from sammed_fast.engine.sam_model import build_run_sam
 from sammed_fast.engine.sam_stage import load_decoder, sam_probs
 from sammed_fast.engine.segmenter_stage import load_segmenter
@@ -46,9 +52,11 @@ from sammed_fast.models import Segmenter
 from sammed_fast.pretrain import compact_checkpoint_path, is_complete
 from sammed_fast.sam import TiledSam
 
-__all__ = ["PredictionFailed", "list_inputs", "predict", "main"]
+__all__ = ["PredictionFailed", "list_inputs", "check_outputs", "predict", "main"]
 
 DEFAULT_BATCH = 32  # slices per step: 8 canvases
+#: Written into every predicted mask's NIfTI header (descrip): only such files are ever replaced.
+MASK_DESCRIPTION = "sammed_fast mask"
 OVERLAY_SLICES = 3
 _NIFTI = re.compile(r"^(?P<stem>.+?)\.nii(\.gz)?$", re.IGNORECASE)
 _SKIPPED = re.compile(r"_(segmentation|mask)$", re.IGNORECASE)
@@ -99,14 +107,40 @@ def _output_paths(inputs: list[Path], input_is_file: bool, output: Path) -> list
     return [output / f"{_stem(p)}_mask.nii.gz" for p in inputs]
 
 
+def _is_our_mask(path: Path) -> bool:
+    """Whether the existing file ``path`` is a mask this command wrote (its header says so)."""
+    try:
+        description = bytes(nib.load(str(path)).header["descrip"].item())
+    except Exception:  # not NIfTI at all, or unreadable: certainly not ours
+        return False
+    return description.rstrip(b"\0").startswith(MASK_DESCRIPTION.encode())
+
+
+def check_outputs(inputs: list[Path], targets: list[Path]) -> None:
+    """Refuses (ValueError naming the files) outputs that would replace an input, or an existing
+    file that is not a mask written by this command: a user's scan is never overwritten."""
+    for source, target in zip(inputs, targets):
+        if not target.exists():
+            continue
+        for other in inputs:
+            if os.path.samefile(target, other):
+                raise ValueError(f"--output {target} is the input {other}: writing the mask there "
+                                 "would replace the scan; choose another --output")
+        if not _is_our_mask(target):
+            raise ValueError(f"--output: {target} (the mask of {source}) exists and is not a mask "
+                             "written by sammed_fast.predict; it is left alone: move it or choose "
+                             "another --output")
+
+
 def _read_volume(path: Path) -> Volume:
     """The input as the run saw its training volumes: float32 (S,H,W), normalised. Errors name it."""
     data, img = read_nifti(path, "image")
-    image = normalise_intensity(np.asarray(data, dtype=np.float32), name=str(path))
-    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    orientation = file_orientation(img, path)
+    image = normalise_intensity(np.asarray(to_canonical(data, orientation), dtype=np.float32), name=str(path))
     return Volume(domain="", case_id=_stem(path), image=np.ascontiguousarray(to_nifti_order(image)),
-                  label=np.zeros(0, dtype=np.uint8), spacing=spacing,
-                  affine=np.asarray(img.affine, dtype=np.float64), image_path=path)
+                  label=np.zeros(0, dtype=np.uint8), spacing=canonical_spacing(img, orientation),
+                  affine=np.asarray(img.affine, dtype=np.float64), image_path=path,
+                  orientation=orientation)
 
 
 # ----------------------------------------------------------------------------- the run's models
@@ -137,8 +171,10 @@ def _load_models(run_dir: Path, device: str) -> _Models:
     incomplete run folder raises ConfigError naming what is missing."""
     if not run_dir.is_dir():
         raise ConfigError(f"--run {run_dir}: run folder does not exist")
+    if not is_run_folder(run_dir):
+        raise ConfigError(f"--run {run_dir}: not a sammed_fast run folder (no {MARKER} marker)")
     if not (run_dir / "config.json").is_file():
-        raise ConfigError(f"--run {run_dir}: not a run folder (no config.json)")
+        raise ConfigError(f"--run {run_dir}: incomplete run folder (no config.json)")
     config = TrainConfig.read(run_dir / "config.json")
     weights, usable = _sam_weights(run_dir, config)
     needed = [run_dir / "checkpoints" / "segmenter_best.pt", run_dir / "checkpoints" / "decoder_best.pt"]
@@ -215,7 +251,7 @@ def _finish(job: _Job, theta2: float, overlays: bool) -> None:
     NIfTI with the input's affine and header (atomic)."""
     size = tuple(job.volume.image.shape[1:])
     mask = (resize_images(job.probs.unsqueeze(1), size)[:, 0] > theta2).numpy().astype(np.uint8)
-    save_like(job.volume, mask, job.target)
+    save_like(job.volume, mask, job.target, description=MASK_DESCRIPTION)
     if overlays:
         stem = re.sub(r"_mask$", "", _stem(job.target))
         _write_overlay(job.target.with_name(f"{stem}_overlay.png"), job.volume, mask)
@@ -243,6 +279,7 @@ def predict(*, run: str | Path, inputs: str | Path | Sequence[str | Path], outpu
         if not files:
             raise ValueError("inputs is empty")
     targets = _output_paths(files, single, output)
+    check_outputs(files, targets)
     models = _load_models(Path(run), device)
     t, theta2 = models.config.tile_size, models.config.theta2
 

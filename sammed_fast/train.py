@@ -25,7 +25,8 @@ from sammed_fast.engine import distributed
 from sammed_fast.engine.config import PROMPT_KINDS, SAM_CHOICES, STAGES, ConfigError, TrainConfig
 from sammed_fast.engine.determinism import resolve_device
 from sammed_fast.engine.pipeline import preflight, run_pipeline
-from sammed_fast.engine.report import write_all_sources
+from sammed_fast.engine.report import write_all_sources, write_seeds_summary
+from sammed_fast.engine.run_folder import check_writable_run_folder, mark_run_folder
 from sammed_fast.models import SEGMENTERS
 from sammed_fast.sam.tiled import PRECISIONS
 
@@ -37,18 +38,52 @@ def train(config: TrainConfig) -> Path:
     folder holding one run per source and the summary table). Under torchrun every process calls
     it with the same config: they share the work and rank 0 writes."""
     with distributed.session(resolve_device(config.device)):
-        return run_pipeline(config) if not config.all_sources else _train_all_sources(config)
+        if config.all_sources:
+            return _train_all_sources(config)
+        if config.seeds is not None:
+            return _train_seeds(config)
+        return run_pipeline(config)
+
+
+def _claim_folder(out: Path) -> None:
+    """Marks ``out``, which holds several runs and their summary, as ours (never a foreign folder)."""
+    def claim() -> None:
+        check_writable_run_folder(out, option="--out")
+        mark_run_folder(out)
+
+    distributed.main_only(claim)
+
+
+def _finished(config: TrainConfig) -> bool:
+    return config.stop_after is None or config.stop_after == STAGES[-1]
+
+
+def _train_seeds(config: TrainConfig) -> Path:
+    out = config.resolved().out
+    _claim_folder(out)
+    runs = {seed: config.for_seed(seed, out / f"seed_{seed}") for seed in config.seeds}
+    for run in runs.values():
+        preflight(run)
+    per_seed = {}
+    for seed, run in runs.items():
+        path = run_pipeline(run)
+        if _finished(config):
+            per_seed[seed] = json.loads((path / "results.json").read_text())
+    if per_seed and distributed.is_main():
+        write_seeds_summary(out, per_seed)
+    return out
 
 
 def _train_all_sources(config: TrainConfig) -> Path:
     out = config.resolved().out
+    _claim_folder(out)
     sources = list(DOMAINS)
     for source in sources:  # every bad input is reported before the first run starts
         preflight(config.for_source(source, out / f"source_{source}"))
     per_source = {}
     for source in sources:
         path = run_pipeline(config.for_source(source, out / f"source_{source}"))
-        if config.stop_after is not None and config.stop_after != STAGES[-1]:
+        if not _finished(config):
             continue
         per_source[source] = json.loads((path / "results.json").read_text())
     if len(per_source) == len(sources) and distributed.is_main():
@@ -89,8 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--segmenter-lr", type=float, default=d.segmenter_lr)
     g = p.add_argument_group("stage 2: boxes")
     g.add_argument("--theta1", type=float, default=d.theta1, help="coarse-mask threshold")
-    g.add_argument("--downscale", type=int, default=d.downscale,
-                   help="area-downscale before the largest component (the paper's 4); 1 = exact")
+    g.add_argument("--filter-cells", type=int, default=d.filter_cells,
+                   help="the box filter area-downscales each coarse map to at least this many cells "
+                        "per tile side before its largest component (the paper: 512 px / 4 = 128), so "
+                        "the filter's geometry is the same at every tile size")
+    g.add_argument("--downscale", type=int, default=None,
+                   help="explicit area-downscale factor, overriding --filter-cells (1 = exact; "
+                        "default: tile size // filter cells, at least 1: 4 at 512 px, 1 at 64 px)")
     g.add_argument("--empty-box", default=d.empty_box, choices=("skip", "full"),
                    help="slice without a coarse box: 'skip' -> empty mask, 'full' -> whole-image box")
     g = p.add_argument_group("stages 3-4: SAM")
@@ -125,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out: finished stages are not redone")
     g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="one run per seed (out/seed_<n>) and results.md with the mean and standard "
+                        "deviation of every row over the seeds, e.g. --seeds 0 1 2")
     g.add_argument("--device", default=d.device, help="auto, cpu or cuda")
     g.add_argument("--threads", type=int, default=d.threads,
                    help="torch CPU threads; 0 = auto: 1 when training on the CPU (small models gain "
@@ -156,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         raise SystemExit(130)
     if not distributed.is_main():
         return out
-    if config.stop_after is None or config.stop_after == STAGES[-1]:
+    if _finished(config):
         print()
         print((out / "results.md").read_text())
         print(f"run folder: {out}")

@@ -22,7 +22,9 @@ from sammed_fast.data.synthetic import (
 # helpers: hand-written NIfTI files in the release layout
 
 def write_nifti(path, array_nifti_order, zooms=(0.5, 0.5, 3.0)):
-    affine = np.diag([*zooms, 1.0])
+    # LPS, the canonical orientation: the reader keeps the array as stored (reorientation has
+    # tests of its own in test_robustness.py).
+    affine = np.diag([-zooms[0], -zooms[1], zooms[2], 1.0])
     nib.save(nib.Nifti1Image(np.asarray(array_nifti_order), affine), str(path))
 
 

@@ -177,15 +177,17 @@ def test_torch_compile_fullgraph(device):
     logits = torch.randn(5, 1, 12, 20, generator=g).to(device)
     torch._dynamo.reset()
     compiled = torch.compile(pipeline, backend="aot_eager", fullgraph=True)
-    eager_logits = logits.clone().requires_grad_()
-    compiled_logits = logits.clone().requires_grad_()
-    want = pipeline(masks, probs, images, eager_logits)
-    got = compiled(masks, probs, images, compiled_logits)
+    eager_logits, eager_images = logits.clone().requires_grad_(), images.clone().requires_grad_()
+    compiled_logits, compiled_images = logits.clone().requires_grad_(), images.clone().requires_grad_()
+    want = pipeline(masks, probs, images=eager_images, logits=eager_logits)
+    got = compiled(masks, probs, images=compiled_images, logits=compiled_logits)
     for index, (g_out, w_out) in enumerate(zip(got, want)):
         torch.testing.assert_close(g_out, w_out, msg=lambda m: f"output {index}: {m}")
-    want[-1].square().sum().backward()
-    got[-1].square().sum().backward()
+    (want[-1].square().sum() + want[-2].square().sum()).backward()
+    (got[-1].square().sum() + got[-2].square().sum()).backward()
     torch.testing.assert_close(compiled_logits.grad, eager_logits.grad)
+    assert eager_images.grad is not None and compiled_images.grad is not None  # merge_tiles' backward
+    torch.testing.assert_close(compiled_images.grad, eager_images.grad)
 
 
 @pytest.mark.skipif(

@@ -507,6 +507,7 @@ def test_public_wrappers_return_named_tuples(device):
         (lambda m: public.boxes_from_probs(m.float(), downscale=2.0), TypeError, "downscale"),
         (lambda m: public.boxes_from_probs(m.float(), connectivity=6), ValueError, "connectivity"),
         (lambda m: public.boxes_from_probs(m.float(), empty="zero"), ValueError, "empty"),
+        (lambda m: public.boxes_from_probs(m.float(), check_finite="no"), TypeError, "check_finite"),
     ],
 )
 def test_bad_arguments_name_the_argument(device, call, error, name):
@@ -559,7 +560,8 @@ def opcheck_cases(device: str):
     return {
         "label_components": [(masks, 8), (masks.to(torch.uint8), 4), (masks.transpose(1, 2), 8)],
         "largest_component": [(masks, 8), (masks.to(torch.uint8), 4)],
-        "boxes_from_probs": [(probs, 0.5, 4, 4, True), (probs, 0.5, 1, 8, False), (probs.double(), 0.25, 3, 4, True)],
+        "boxes_from_probs": [(probs, 0.5, 4, 4, True), (probs, 0.5, 1, 8, False), (probs.double(), 0.25, 3, 4, True),
+                             (probs.double().requires_grad_(), 0.5, 2, 4, True)],
     }
 
 

@@ -275,8 +275,9 @@ def test_opcheck(device, op):
     if op == "merge_tiles":
         images = torch.randint(0, 256, (5, 1, 6, 7), generator=g, dtype=torch.uint8).to(device)
         mean, std = list(public.SAM_PIXEL_MEAN), list(public.SAM_PIXEL_STD)
+        grads = torch.rand(5, 3, 6, 7, generator=g, dtype=torch.float64).to(device).requires_grad_()
         cases = [(images, 2, mean, std, torch.float32), (images.float().expand(-1, 3, -1, -1), 3, mean, std,
-                 torch.bfloat16)]
+                 torch.bfloat16), (grads, 2, mean, std, torch.float64), (grads[:, :1], 3, mean, std, torch.float32)]
     else:
         logits = torch.randn(5, 1, 8, 6, generator=g, dtype=torch.float64).to(device).requires_grad_()
         cases = [(logits, 2, 0, 0), (logits, 2, 5, 7), (logits.detach().float(), 1, 3, 3)]

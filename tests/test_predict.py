@@ -18,6 +18,7 @@ import torch
 
 from sammed_fast.data.prostate import DOMAINS
 from sammed_fast.engine.config import ConfigError, TrainConfig
+from sammed_fast.engine.run_folder import MARKER
 from sammed_fast.predict import PredictionFailed, list_inputs, main, predict
 from sammed_fast.train import train
 
@@ -26,7 +27,7 @@ from sammed_fast.train import train
 def tiny_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("predict")
     config = TrainConfig(cache_dir=root / "cache", synthetic_cases=3, targets="B", tile_size=32,
-                         segmenter_epochs=10, segmenter_lr=1e-2, theta1=0.4, decoder_epochs=2, compact_pretrain_steps=2,
+                         segmenter_epochs=15, segmenter_lr=3e-3, theta1=0.4, decoder_epochs=2, compact_pretrain_steps=2,
                          empty_box="full", figure_slices=1, out=root / "run", progress=False,
                          device="cpu", threads=1)
     return train(config)
@@ -182,6 +183,9 @@ def test_missing_or_incomplete_runs_are_named(tiny_run, tmp_path, capsys):
     partial = tmp_path / "partial"
     partial.mkdir()
     shutil.copy(tiny_run / "config.json", partial / "config.json")
+    with pytest.raises(ConfigError, match="not a sammed_fast run folder"):  # no marker yet
+        predict(run=partial, inputs=source, output=tmp_path / "out", progress=False)
+    shutil.copy(tiny_run / MARKER, partial / MARKER)
     shutil.copytree(tiny_run / "checkpoints", partial / "checkpoints")
     (partial / "checkpoints" / "decoder_best.pt").unlink()
     with pytest.raises(ConfigError, match="decoder_best.pt") as info:
@@ -193,3 +197,59 @@ def test_missing_or_incomplete_runs_are_named(tiny_run, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="--batch"):
         predict(run=tiny_run, inputs=source, output=tmp_path / "out", batch=6, progress=False)
+
+
+# --------------------------------------------------------------------------- a user's files are safe
+def test_the_output_may_never_be_an_input(tiny_run, tmp_path, capsys):
+    """predict --input X.nii.gz --output X.nii.gz used to replace the scan with its mask."""
+    scan = tmp_path / "scan.nii.gz"
+    shutil.copy(domain_folder(tiny_run, "B") / "Case01.nii.gz", scan)
+    original = scan.read_bytes()
+    assert main(["--run", str(tiny_run), "--input", str(scan), "--output", str(scan), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--output {scan} is the input {scan}" in err
+    link = tmp_path / "link.nii.gz"
+    link.symlink_to(scan)
+    with pytest.raises(ValueError, match="would replace the scan"):
+        predict(run=tiny_run, inputs=scan, output=link, progress=False)
+    assert scan.read_bytes() == original
+
+
+def test_existing_files_that_are_not_our_masks_are_left_alone(tiny_run, tmp_path):
+    """Output folder = input folder: a user's own file named like the mask is refused by name; a
+    mask this command wrote is replaced on the next prediction."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(domain_folder(tiny_run, "B") / "Case01.nii.gz", folder / "scan.nii.gz")
+    mine = folder / "scan_mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((2, 2, 2), np.uint8), np.eye(4)), str(mine))
+    before = mine.read_bytes()
+    with pytest.raises(ValueError, match="scan_mask.nii.gz .* is not a mask written by sammed_fast"):
+        predict(run=tiny_run, inputs=folder, output=folder, progress=False)
+    assert mine.read_bytes() == before
+    mine.unlink()
+    written = predict(run=tiny_run, inputs=folder, output=folder, device="cpu", progress=False)
+    assert written == [mine]
+    assert predict(run=tiny_run, inputs=folder, output=folder, device="cpu", progress=False) == [mine]
+    assert bytes(nib.load(str(mine)).header["descrip"]).startswith(b"sammed_fast mask")
+
+
+def test_a_volume_stored_slice_axis_first_gets_the_same_mask(tiny_run, tmp_path):
+    """The same scan stored as L,P,S and as S,L,P (affine permuted to match): the masks are the same
+    voxels, each written in its own input's orientation."""
+    source = nib.load(str(domain_folder(tiny_run, "B") / "Case01.nii.gz"))
+    data = np.asarray(source.dataobj, dtype=np.float32)
+    affine = np.diag([-0.6, -0.6, 3.0, 1.0])
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_volume(folder / "lps.nii.gz", data, affine)
+    write_volume(folder / "slp.nii.gz", data.transpose(2, 0, 1).copy(), affine[:, [2, 0, 1, 3]])
+    # One call each: slices of consecutive inputs would otherwise share SAM canvases.
+    [lps] = predict(run=tiny_run, inputs=folder / "lps.nii.gz", output=tmp_path / "out", device="cpu",
+                    progress=False)
+    [slp] = predict(run=tiny_run, inputs=folder / "slp.nii.gz", output=tmp_path / "out", device="cpu",
+                    progress=False)
+    lps_mask, slp_mask = read_mask(lps)[0], read_mask(slp)[0]
+    assert lps_mask.any(), "the scan must get some foreground for the comparison to mean anything"
+    np.testing.assert_array_equal(slp_mask, lps_mask.transpose(2, 0, 1))
+    np.testing.assert_allclose(read_mask(slp)[1].affine, affine[:, [2, 0, 1, 3]])

@@ -21,16 +21,17 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
 
+#include "../checks.h"
+
 namespace sammed_fast {
 namespace {
-
-constexpr int64_t kMaxPixels = std::numeric_limits<int32_t>::max();
 
 inline int count_trailing_zeros(uint64_t word) {
 #if defined(__GNUC__) || defined(__clang__)
@@ -87,22 +88,24 @@ void pack_mask_row(const uint8_t* row, int64_t W, uint64_t* bits) {
   }
 }
 
-// A row of W values -> bits of `float(value) > threshold` (a NaN is background).
-template <typename T>
-bool pack_threshold_row(const T* row, int64_t W, float threshold, uint64_t* bits) {
-  bool nan = false;
+// A row of W values -> bits of `value > threshold` compared in acc_t (a NaN is background).
+// Returns true when a value is NaN or infinite.
+template <typename acc_t, typename T>
+bool pack_threshold_row(const T* row, int64_t W, acc_t threshold, uint64_t* bits) {
+  bool non_finite = false;
   for (int64_t k = 0; k * 64 < W; ++k) {
     const int64_t n = std::min<int64_t>(64, W - 64 * k);
     const T* v = row + 64 * k;
     uint64_t word = 0;
     for (int64_t j = 0; j < n; ++j) {
-      const float value = static_cast<float>(v[j]);
+      const acc_t value = static_cast<acc_t>(v[j]);
       word |= static_cast<uint64_t>(value > threshold) << j;
-      nan |= value != value;
+      const acc_t zero = value - value;  // NaN for NaN and +-inf, else 0
+      non_finite |= zero != zero;
     }
     bits[k] = word;
   }
-  return nan;
+  return non_finite;
 }
 
 // One run of foreground pixels [start, end) of a row. `parent` is its union-find parent (always
@@ -286,16 +289,7 @@ Box label_box(const RunLabeller& runs, int32_t label) {
 }
 
 void check_masks(const at::Tensor& masks, int64_t connectivity) {
-  TORCH_CHECK_VALUE(masks.dim() == 3, "masks must have 3 dimensions (B,H,W), got shape ",
-                    masks.sizes());
-  TORCH_CHECK_TYPE(masks.scalar_type() == at::kBool || masks.scalar_type() == at::kByte,
-                   "masks must have dtype bool or uint8, got ", masks.scalar_type());
-  TORCH_CHECK_VALUE(masks.size(1) >= 1 && masks.size(2) >= 1,
-                    "masks must have height and width >= 1, got shape ", masks.sizes());
-  TORCH_CHECK_VALUE(masks.size(1) * masks.size(2) <= kMaxPixels,
-                    "masks images have more than 2^31-1 pixels, got shape ", masks.sizes());
-  TORCH_CHECK_VALUE(connectivity == 4 || connectivity == 8, "connectivity must be 4 or 8, got ",
-                    connectivity);
+  checks::masks(masks, connectivity);
 }
 
 // Labels one (H,W) image of mask bytes (nonzero is foreground) into `runs`.
@@ -383,13 +377,13 @@ struct CellSpans {
 };
 
 // Cell row `cy` of the adaptive average pooling of one image, exactly as F.adaptive_avg_pool2d
-// computes it on CPU: per cell a float sum over its rows, then its columns, in order, divided by
-// the cell height, then by the cell width.
-template <typename scalar_t>
+// computes it on CPU for an acc_t tensor: per cell an acc_t sum over its rows, then its columns,
+// in order, divided by the cell height, then by the cell width.
+template <typename scalar_t, typename acc_t>
 void pool_cell_row(const scalar_t* image, int64_t W, const CellSpans& rows,
-                   const CellSpans& cols, int64_t cy, float* sums) {
+                   const CellSpans& cols, int64_t cy, acc_t* sums) {
   const int64_t w = static_cast<int64_t>(cols.begin.size());
-  std::fill(sums, sums + w, 0.0f);
+  std::fill(sums, sums + w, acc_t(0));
   // Cells of equal width k (W divisible by w): the same per-cell order of additions, but the
   // loop over cells is innermost, so the w running sums are independent and vectorise.
   const int64_t k = W / w;
@@ -399,85 +393,90 @@ void pool_cell_row(const scalar_t* image, int64_t W, const CellSpans& rows,
     if (uniform) {
       for (int64_t j = 0; j < k; ++j) {
         for (int64_t cx = 0; cx < w; ++cx) {
-          sums[cx] += static_cast<float>(row[cx * k + j]);
+          sums[cx] += static_cast<acc_t>(row[cx * k + j]);
         }
       }
       continue;
     }
     for (int64_t cx = 0; cx < w; ++cx) {
-      float sum = sums[cx];
+      acc_t sum = sums[cx];
       for (int64_t x = cols.begin[cx]; x < cols.end[cx]; ++x) {
-        sum += static_cast<float>(row[x]);
+        sum += static_cast<acc_t>(row[x]);
       }
       sums[cx] = sum;
     }
   }
-  const float kh = static_cast<float>(rows.end[cy] - rows.begin[cy]);
+  const acc_t kh = static_cast<acc_t>(rows.end[cy] - rows.begin[cy]);
   for (int64_t cx = 0; cx < w; ++cx) {
-    sums[cx] = sums[cx] / kh / static_cast<float>(cols.end[cx] - cols.begin[cx]);
+    sums[cx] = sums[cx] / kh / static_cast<acc_t>(cols.end[cx] - cols.begin[cx]);
   }
+}
+
+// True when a pixel of the rows that cell row `cy` covers is NaN or infinite. Asked only once a
+// cell is not finite, which finite pixels also cause when their sum overflows.
+template <typename scalar_t>
+bool pixels_non_finite(const scalar_t* image, int64_t W, const CellSpans& rows, int64_t cy) {
+  for (int64_t i = rows.begin[cy] * W; i < rows.end[cy] * W; ++i) {
+    if (!std::isfinite(static_cast<double>(image[i]))) {
+      return true;
+    }
+  }
+  return false;
 }
 
 std::tuple<at::Tensor, at::Tensor> boxes_from_probs_cpu(const at::Tensor& probs_in,
                                                         double threshold, int64_t downscale,
                                                         int64_t connectivity, bool empty_full,
                                                         bool check_finite) {
-  TORCH_CHECK_VALUE(probs_in.dim() == 3, "probs must have 3 dimensions (B,H,W), got shape ",
-                    probs_in.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(probs_in.scalar_type()),
-                   "probs must have a floating dtype, got ", probs_in.scalar_type());
-  TORCH_CHECK_VALUE(probs_in.size(1) >= 1 && probs_in.size(2) >= 1,
-                    "probs must have height and width >= 1, got shape ", probs_in.sizes());
-  TORCH_CHECK_VALUE(probs_in.size(1) * probs_in.size(2) <= kMaxPixels,
-                    "probs images have more than 2^31-1 pixels, got shape ", probs_in.sizes());
-  TORCH_CHECK_VALUE(threshold >= 0.0 && threshold <= 1.0, "threshold must lie in [0, 1], got ",
-                    threshold);
-  TORCH_CHECK_VALUE(downscale >= 1, "downscale must be >= 1, got ", downscale);
-  TORCH_CHECK_VALUE(connectivity == 4 || connectivity == 8, "connectivity must be 4 or 8, got ",
-                    connectivity);
+  checks::probs(probs_in, threshold, downscale, connectivity);
   const at::Tensor probs = probs_in.contiguous();
   const int64_t B = probs.size(0), H = probs.size(1), W = probs.size(2);
-  const int64_t h = downscale > 1 ? (H + downscale - 1) / downscale : H;
-  const int64_t w = downscale > 1 ? (W + downscale - 1) / downscale : W;
+  const int64_t h = checks::ceil_div(H, downscale), w = checks::ceil_div(W, downscale);
   at::Tensor boxes = at::empty({B, 4}, probs.options().dtype(at::kFloat));
   at::Tensor empty = at::empty({B}, probs.options().dtype(at::kBool));
   if (B == 0) {
     return {boxes, empty};
   }
-  // PyTorch compares a float tensor with a Python float in float32.
-  const float thr = static_cast<float>(threshold);
+  // Values are pooled and compared in float64 for float64 input, else in float32 (which holds
+  // float16 and bfloat16 exactly), as PyTorch compares such a tensor with a Python float.
+  const bool wide = probs.scalar_type() == at::kDouble;
   // A 1x1 pooling is a mean in PyTorch (a different summation order): use the same reduction.
   at::Tensor means;
   if (downscale > 1 && h == 1 && w == 1) {
-    means = probs.to(at::kFloat).mean({1, 2}).contiguous();
+    means = probs.to(wide ? at::kDouble : at::kFloat).mean({1, 2}).contiguous();
   }
   const CellSpans row_spans(H, h), col_spans(W, w);
   float* box_out = boxes.data_ptr<float>();
   bool* empty_out = empty.data_ptr<bool>();
-  std::atomic<bool> found_nan{false};
+  std::atomic<bool> found_non_finite{false};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, probs.scalar_type(), "boxes_from_probs", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const acc_t thr = static_cast<acc_t>(threshold);
     const scalar_t* in = probs.const_data_ptr<scalar_t>();
-    const float* mean_of = means.defined() ? means.const_data_ptr<float>() : nullptr;
+    const acc_t* mean_of = means.defined() ? means.const_data_ptr<acc_t>() : nullptr;
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       RunLabeller runs;
-      std::vector<float> cells(w);
+      std::vector<acc_t> cells(w);
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* image = in + b * H * W;
         runs.begin(h, w, connectivity == 8);
         for (int64_t cy = 0; cy < h; ++cy) {
-          bool nan;  // a NaN pixel makes its cell's mean NaN: checking the cells suffices
+          bool non_finite;
           if (downscale == 1) {
-            nan = pack_threshold_row(image + cy * W, W, thr, runs.row_bits());
+            non_finite = pack_threshold_row(image + cy * W, W, thr, runs.row_bits());
           } else {
             if (mean_of != nullptr) {
               cells[0] = mean_of[b];
             } else {
               pool_cell_row(image, W, row_spans, col_spans, cy, cells.data());
             }
-            nan = pack_threshold_row(cells.data(), w, thr, runs.row_bits());
+            // A NaN or infinite pixel makes its cell NaN or infinite: the pixels need a look
+            // only then.
+            non_finite = pack_threshold_row(cells.data(), w, thr, runs.row_bits()) &&
+                         check_finite && pixels_non_finite(image, W, row_spans, cy);
           }
-          if (nan) {
-            found_nan.store(true, std::memory_order_relaxed);
+          if (non_finite) {
+            found_non_finite.store(true, std::memory_order_relaxed);
           }
           runs.end_row();
         }
@@ -493,16 +492,18 @@ std::tuple<at::Tensor, at::Tensor> boxes_from_probs_cpu(const at::Tensor& probs_
           box[3] = empty_full ? static_cast<float>(H - 1) : nan;
           continue;
         }
-        const Box cells = label_box(runs, best);
+        const Box cell_box = label_box(runs, best);
         // The full-resolution pixels the box's cells cover (the identity when downscale is 1).
-        box[0] = static_cast<float>(col_spans.begin[cells.x0]);
-        box[1] = static_cast<float>(row_spans.begin[cells.y0]);
-        box[2] = static_cast<float>(col_spans.end[cells.x1] - 1);
-        box[3] = static_cast<float>(row_spans.end[cells.y1] - 1);
+        box[0] = static_cast<float>(col_spans.begin[cell_box.x0]);
+        box[1] = static_cast<float>(row_spans.begin[cell_box.y0]);
+        box[2] = static_cast<float>(col_spans.end[cell_box.x1] - 1);
+        box[3] = static_cast<float>(row_spans.end[cell_box.y1] - 1);
       }
     });
   });
-  TORCH_CHECK_VALUE(!(check_finite && found_nan.load()), "probs contains NaN values");
+  TORCH_CHECK_VALUE(!(check_finite && found_non_finite.load()),
+                    "probs contains NaN or infinite values; probabilities must be finite "
+                    "(in [0, 1])");
   return {boxes, empty};
 }
 

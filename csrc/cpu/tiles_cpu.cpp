@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "../checks.h"
+
 namespace sammed_fast {
 namespace {
 
@@ -54,30 +56,16 @@ void merge_rows(const at::Tensor& images, at::Tensor& canvases, int64_t grid,
 at::Tensor merge_tiles_cpu(const at::Tensor& images_in, int64_t grid,
                            c10::ArrayRef<double> pixel_mean, c10::ArrayRef<double> pixel_std,
                            at::ScalarType out_dtype) {
-  TORCH_CHECK_VALUE(images_in.dim() == 4, "images must have 4 dimensions (B,C,h,w), got shape ",
-                    images_in.sizes());
+  checks::merge(images_in, grid, pixel_mean, pixel_std, out_dtype);
   const at::ScalarType in_dtype = images_in.scalar_type();
-  TORCH_CHECK_TYPE(at::isFloatingType(in_dtype) || in_dtype == at::kByte,
-                   "images must have a floating dtype or uint8, got ", in_dtype);
-  TORCH_CHECK_VALUE(images_in.size(1) == 1 || images_in.size(1) == 3,
-                    "images must have 1 or 3 channels, got ", images_in.size(1));
-  TORCH_CHECK_VALUE(images_in.size(2) >= 1 && images_in.size(3) >= 1,
-                    "images must have height and width >= 1, got shape ", images_in.sizes());
-  TORCH_CHECK_VALUE(grid >= 1, "grid must be >= 1, got ", grid);
-  TORCH_CHECK_VALUE(pixel_mean.size() == 3 && pixel_std.size() == 3,
-                    "pixel_mean and pixel_std need 3 values each, got ", pixel_mean.size(),
-                    " and ", pixel_std.size());
-  TORCH_CHECK_TYPE(at::isFloatingType(out_dtype), "out_dtype must be a floating dtype, got ",
-                   out_dtype);
   float mean[3], stdev[3];
   for (int c = 0; c < 3; ++c) {
-    TORCH_CHECK_VALUE(pixel_std[c] > 0, "pixel_std must be positive, got ", pixel_std);
     mean[c] = static_cast<float>(pixel_mean[c]);
     stdev[c] = static_cast<float>(pixel_std[c]);
   }
   const at::Tensor images = images_in.contiguous();
   const int64_t B = images.size(0), h = images.size(2), w = images.size(3);
-  const int64_t canvases = (B + grid * grid - 1) / (grid * grid);
+  const int64_t canvases = checks::ceil_div(B, grid * grid);  // grid < 2^31: no overflow
   at::Tensor out = at::empty({canvases, 3, grid * h, grid * w}, images.options().dtype(out_dtype));
   if (canvases == 0) {
     return out;
@@ -111,21 +99,10 @@ void copy_quadrants(const at::Tensor& logits, at::Tensor& tiles, int64_t grid) {
 
 at::Tensor unmerge_tiles_cpu(const at::Tensor& logits_in, int64_t grid, int64_t out_h,
                              int64_t out_w) {
-  TORCH_CHECK_VALUE(logits_in.dim() == 4, "logits must have 4 dimensions (B,C,Hc,Wc), got shape ",
-                    logits_in.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(logits_in.scalar_type()),
-                   "logits must have a floating dtype, got ", logits_in.scalar_type());
-  TORCH_CHECK_VALUE(grid >= 1, "grid must be >= 1, got ", grid);
-  const int64_t Hc = logits_in.size(2), Wc = logits_in.size(3);
-  TORCH_CHECK_VALUE(Hc >= 1 && Wc >= 1, "logits must have height and width >= 1, got shape ",
-                    logits_in.sizes());
-  TORCH_CHECK_VALUE(Hc % grid == 0 && Wc % grid == 0, "logits canvas ", Hc, "x", Wc,
-                    " is not divisible by grid=", grid);
-  TORCH_CHECK_VALUE((out_h == 0 && out_w == 0) || (out_h > 0 && out_w > 0),
-                    "out_h and out_w must both be positive (resize) or both 0, got ", out_h, ", ",
-                    out_w);
+  checks::unmerge(logits_in, grid, out_h, out_w);
   const at::Tensor logits = logits_in.contiguous();
   const int64_t B = logits.size(0), C = logits.size(1);
+  const int64_t Hc = logits.size(2), Wc = logits.size(3);
   const int64_t th = Hc / grid, tw = Wc / grid;
   const int64_t oh = out_h > 0 ? out_h : th, ow = out_w > 0 ? out_w : tw;
   if (B == 0 || C == 0) {

@@ -103,7 +103,6 @@ __device__ __forceinline__ BlockPos block_pos(const BlockGrid& g, int q) {
 }
 
 __device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(double v) { return static_cast<float>(v); }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
@@ -116,32 +115,46 @@ struct MaskSource {
   }
 };
 
+// The precision cells are pooled and compared in: float64 for float64 probabilities, float32
+// otherwise (as ATen's accscalar_t, and PyTorch's `tensor > python_float` for float32).
+template <typename T>
+struct PoolAcc {
+  using type = float;
+  static __device__ __forceinline__ float load(T v) { return to_float(v); }
+};
+template <>
+struct PoolAcc<double> {
+  using type = double;
+  static __device__ __forceinline__ double load(double v) { return v; }
+};
+
 // Cell (cy, cx) of adaptive average pooling to (cells_h, cells_w), thresholded: the same sum
-// order and divisions as ATen's CUDA adaptive_avg_pool2d (row-major float sum, / kH / kW).
+// order and divisions as ATen's CUDA adaptive_avg_pool2d (row-major sum, / kH / kW), in A.
 template <typename T>
 struct PoolSource {
+  using A = typename PoolAcc<T>::type;
   const T* probs;
   int height, width, cells_h, cells_w;
-  float threshold;
+  A threshold;
   bool identity;  // cells == pixels: the value itself
   __device__ __forceinline__ bool operator()(int img, int cy, int cx) const {
     const T* plane = probs + static_cast<long long>(img) * height * width;
     if (identity) {
-      return to_float(plane[static_cast<long long>(cy) * width + cx]) > threshold;
+      return PoolAcc<T>::load(plane[static_cast<long long>(cy) * width + cx]) > threshold;
     }
     const long long y_begin = static_cast<long long>(cy) * height / cells_h;
     const long long y_end = (static_cast<long long>(cy + 1) * height + cells_h - 1) / cells_h;
     const long long x_begin = static_cast<long long>(cx) * width / cells_w;
     const long long x_end = (static_cast<long long>(cx + 1) * width + cells_w - 1) / cells_w;
-    float sum = 0.0f;
+    A sum = A(0);
     for (long long y = y_begin; y < y_end; ++y) {
       const T* row = plane + y * width;
       for (long long x = x_begin; x < x_end; ++x) {
-        sum += to_float(row[x]);
+        sum += PoolAcc<T>::load(row[x]);
       }
     }
-    const float mean = sum / static_cast<float>(static_cast<int>(y_end - y_begin)) /
-                       static_cast<float>(static_cast<int>(x_end - x_begin));
+    const A mean = sum / static_cast<A>(static_cast<int>(y_end - y_begin)) /
+                   static_cast<A>(static_cast<int>(x_end - x_begin));
     return mean > threshold;
   }
 };
@@ -665,14 +678,15 @@ cudaError_t run_largest(const uint8_t* masks, uint8_t* mask_out, float* boxes, i
 
 template <int BH, typename T>
 cudaError_t run_boxes(const T* probs, float* boxes, uint8_t* empty, int height, int width,
-                      float threshold, bool empty_full, const BlockGrid& g, void* workspace,
+                      double threshold, bool empty_full, const BlockGrid& g, void* workspace,
                       size_t workspace_bytes, cudaStream_t stream) {
   Workspace ws;
   if (carve(g, true, false, 0, static_cast<char*>(workspace), &ws) > workspace_bytes) {
     return cudaErrorInvalidValue;
   }
-  const PoolSource<T> source{probs,   height,    width, g.height, g.width,
-                             threshold, g.height == height && g.width == width};
+  using A = typename PoolSource<T>::A;
+  const PoolSource<T> source{probs,   height, width, g.height, g.width, static_cast<A>(threshold),
+                             g.height == height && g.width == width};
   SF_RETURN_IF_ERROR(build_forest<BH>(g, source, ws, true, stream));
   SF_RETURN_IF_ERROR(pick_largest<BH>(g, ws, nullptr, stream));
   finalize_boxes<<<blocks_for(g.batch), kThreads, 0, stream>>>(
@@ -683,7 +697,7 @@ cudaError_t run_boxes(const T* probs, float* boxes, uint8_t* empty, int height, 
 
 template <int BH>
 cudaError_t dispatch_boxes(const void* probs, DType dtype, float* boxes, uint8_t* empty,
-                           int height, int width, float threshold, bool empty_full,
+                           int height, int width, double threshold, bool empty_full,
                            const BlockGrid& g, void* workspace, size_t workspace_bytes,
                            cudaStream_t stream) {
   switch (dtype) {
@@ -749,7 +763,7 @@ size_t boxes_from_probs_workspace_bytes(int batch, int cells_h, int cells_w, int
 
 cudaError_t boxes_from_probs(const void* probs, DType dtype, float* boxes, uint8_t* empty,
                              int batch, int height, int width, int cells_h, int cells_w,
-                             float threshold, int connectivity, bool empty_full, void* workspace,
+                             double threshold, int connectivity, bool empty_full, void* workspace,
                              size_t workspace_bytes, cudaStream_t stream) {
   const int bh = block_height(connectivity);
   const BlockGrid g = make_grid(batch, cells_h, cells_w, bh);

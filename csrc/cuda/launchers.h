@@ -38,12 +38,13 @@ cudaError_t largest_component(const uint8_t* masks, uint8_t* mask_out, float* bo
 
 // probs: (batch, height, width) of `dtype` (float32/16, bfloat16, float64). The map is pooled by
 // adaptive average pooling to (cells_h, cells_w) cells (= (height, width) for downscale 1),
-// thresholded with `cell > threshold` (in float32), its largest component's cell box mapped back to
-// the full-resolution pixels those cells cover. boxes: float32 (batch, 4); empty: bool bytes
+// thresholded with `cell > threshold` (pooled and compared in float64 for float64 probs, else in
+// float32, the threshold rounded once to that precision), its largest component's cell box mapped
+// back to the full-resolution pixels those cells cover. boxes: float32 (batch, 4); empty: bool bytes
 // (batch,); an empty image gets (0, 0, width-1, height-1) when empty_full, else NaNs.
 size_t boxes_from_probs_workspace_bytes(int batch, int cells_h, int cells_w, int connectivity);
 cudaError_t boxes_from_probs(const void* probs, DType dtype, float* boxes, uint8_t* empty, int batch,
-                             int height, int width, int cells_h, int cells_w, float threshold,
+                             int height, int width, int cells_h, int cells_w, double threshold,
                              int connectivity, bool empty_full, void* workspace,
                              size_t workspace_bytes, cudaStream_t stream);
 

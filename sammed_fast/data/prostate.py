@@ -3,10 +3,16 @@
 Layout: ``<root>/<folder>/CaseNN.nii.gz`` with ``CaseNN_segmentation.nii.gz`` (``_Segmentation`` in
 ISBI_1.5); ``.nii`` is accepted too. Labels > 0 are prostate.
 
-Axis convention. A NIfTI voxel (i, j, k) is ``Volume.image[k, j, i]``: slices run along the NIfTI
+Orientation. Every volume is brought to one canonical voxel orientation on read, LPS (the DICOM
+patient frame, in which the release and the synthetic set are stored): NIfTI axis i runs to the
+patient's left, j to posterior, k to superior, whatever order and directions the file uses (found
+from its affine, ``nibabel.orientations.io_orientation``). So slices are always axial, also for a
+volume stored slice-axis-first. A file already in LPS is read as stored.
+
+Axis convention. A canonical voxel (i, j, k) is ``Volume.image[k, j, i]``: slices run along the
 third axis, rows along the second, columns along the first. ``to_nifti_order`` undoes this (the
-transpose is its own inverse), so a prediction of shape (S, H, W) is written back as
-``to_nifti_order(pred)`` with the input's affine and header (``save_like``).
+transpose is its own inverse); ``save_like`` writes an (S, H, W) prediction back in the input
+file's own orientation, with its affine and header.
 """
 from __future__ import annotations
 
@@ -29,7 +35,12 @@ from sammed_fast.atomic import write_bytes_atomic
 __all__ = [
     "DOMAINS", "Domain", "Volume", "CaseFiles", "find_cases", "read_case", "load_domain",
     "split_source", "normalise_intensity", "to_nifti_order", "save_like", "domain_letter", "read_nifti",
+    "CANONICAL_AXES",
 ]
+
+#: The voxel orientation every volume is read in (see module docs).
+CANONICAL_AXES = ("L", "P", "S")
+_CANONICAL = nib.orientations.axcodes2ornt(CANONICAL_AXES)
 
 
 class Domain(NamedTuple):
@@ -64,8 +75,9 @@ class Volume:
 
     image: float32 (S, H, W), clipped at its 99.5th percentile and z-scored.
     label: uint8 (S, H, W) in {0, 1}.
-    spacing: voxel size in mm in NIfTI axis order (i, j, k), i.e. (W, H, S) of the arrays.
-    affine: float64 (4, 4) voxel -> world of the image file.
+    spacing: voxel size in mm in canonical axis order (i, j, k), i.e. (W, H, S) of the arrays.
+    affine: float64 (4, 4) voxel -> world of the image file (its stored voxel order).
+    orientation: the file's voxel orientation (nibabel ornt, (3, 2)); None when it is canonical.
     """
 
     domain: str
@@ -76,6 +88,7 @@ class Volume:
     affine: np.ndarray
     image_path: Path
     label_path: Path | None = None
+    orientation: np.ndarray | None = None
 
     @property
     def num_slices(self) -> int:
@@ -137,13 +150,19 @@ def find_cases(root: str | os.PathLike, letter: str) -> list[CaseFiles]:
 
 
 def read_nifti(path: Path, what: str) -> tuple[np.ndarray, nib.Nifti1Image]:
-    """Returns the 3D data array (NIfTI order) and the image; trailing singleton axes are dropped."""
+    """The 3D data array in the file's own voxel order, and the image; trailing singleton axes are
+    dropped. Complex, RGB (structured) and other non-real data are refused naming the file."""
     try:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
     except Exception as error:  # nibabel raises many types for broken files; name the file once
         raise ValueError(f"{path}: cannot read the {what} as NIfTI "
                          f"({type(error).__name__}: {error})") from error
+    if data.dtype.fields is not None or not (np.issubdtype(data.dtype, np.integer)
+                                             or np.issubdtype(data.dtype, np.floating)
+                                             or data.dtype == np.bool_):
+        raise ValueError(f"{path}: the {what} has data type {data.dtype} (e.g. complex or RGB); "
+                         "a real-valued single-channel volume is needed")
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -151,6 +170,40 @@ def read_nifti(path: Path, what: str) -> tuple[np.ndarray, nib.Nifti1Image]:
     if min(data.shape) == 0:
         raise ValueError(f"{path}: the {what} is empty, shape {data.shape}")
     return data, img
+
+
+def file_orientation(img: nib.Nifti1Image, path: Path) -> np.ndarray | None:
+    """The file's voxel orientation (nibabel ornt), None when it is already canonical (LPS)."""
+    ornt = nib.orientations.io_orientation(img.affine)
+    if np.isnan(ornt).any():
+        raise ValueError(f"{path}: the affine does not say which voxel axis is which (degenerate "
+                         f"matrix {np.asarray(img.affine)[:3, :3].tolist()}); fix the header")
+    return None if np.array_equal(ornt, _CANONICAL) else ornt
+
+
+def to_canonical(data: np.ndarray, orientation: np.ndarray | None) -> np.ndarray:
+    """A volume in its file's voxel order -> canonical (LPS) voxel order (see module docs)."""
+    if orientation is None:
+        return data
+    return nib.orientations.apply_orientation(data, nib.orientations.ornt_transform(orientation, _CANONICAL))
+
+
+def from_canonical(data: np.ndarray, orientation: np.ndarray | None) -> np.ndarray:
+    """The inverse of :func:`to_canonical`: canonical voxel order -> the file's own."""
+    if orientation is None:
+        return data
+    return nib.orientations.apply_orientation(data, nib.orientations.ornt_transform(_CANONICAL, orientation))
+
+
+def canonical_spacing(img: nib.Nifti1Image, orientation: np.ndarray | None) -> tuple[float, float, float]:
+    """Voxel sizes (mm) in canonical axis order."""
+    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    if orientation is None:
+        return tuple(zooms)
+    spacing = [0.0] * 3
+    for axis, (new_axis, _) in enumerate(orientation):
+        spacing[int(new_axis)] = zooms[axis]
+    return tuple(spacing)
 
 
 def normalise_intensity(image: np.ndarray, *, percentile: float = 99.5,
@@ -167,19 +220,22 @@ def normalise_intensity(image: np.ndarray, *, percentile: float = 99.5,
 
 
 def read_case(files: CaseFiles, letter: str) -> Volume:
-    """Reads, checks and normalises one case; errors name the offending file."""
+    """Reads, checks, reorients (see module docs) and normalises one case; errors name the
+    offending file."""
     image, img = read_nifti(files.image, "image")
     label, lab_img = read_nifti(files.label, "label")
+    orientation = file_orientation(img, files.image)
+    image = to_canonical(image, orientation)
+    label = to_canonical(np.asarray(label), file_orientation(lab_img, files.label))
     if image.shape != label.shape:
         raise ValueError(f"{files.label}: label shape {label.shape} does not match the image "
-                         f"{files.image.name} shape {image.shape}")
+                         f"{files.image.name} shape {image.shape} (both in canonical orientation)")
     if not np.allclose(img.affine, lab_img.affine, rtol=1e-4, atol=1e-3):
         warnings.warn(f"{files.label}: affine differs from its image's; using the image's",
                       stacklevel=3)
-    label = np.asarray(label)
     if np.issubdtype(label.dtype, np.floating) and not np.isfinite(label).all():
         raise ValueError(f"{files.label}: label contains NaN or infinite values")
-    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    spacing = canonical_spacing(img, orientation)
     if not all(z > 0 for z in spacing):
         raise ValueError(f"{files.image}: voxel sizes must be positive, header says {spacing}")
     return Volume(
@@ -192,6 +248,7 @@ def read_case(files: CaseFiles, letter: str) -> Volume:
         affine=np.asarray(img.affine, dtype=np.float64),
         image_path=files.image,
         label_path=files.label,
+        orientation=orientation,
     )
 
 
@@ -226,8 +283,10 @@ def split_source(volumes: Sequence[Volume], *,
             "test": ordered[n_train + n_val:]}
 
 
-def save_like(volume: Volume, array: np.ndarray, path: str | os.PathLike) -> Path:
-    """Writes an (S, H, W) array (e.g. a mask) as NIfTI with the input image's affine and header.
+def save_like(volume: Volume, array: np.ndarray, path: str | os.PathLike, *,
+              description: str | None = None) -> Path:
+    """Writes an (S, H, W) array (e.g. a mask) as NIfTI in the input image's own orientation, with
+    its affine and header; ``description`` goes into the header's descrip field (80 bytes at most).
 
     The file appears atomically (temp name, then rename); ``.nii.gz`` is gzip-compressed.
     """
@@ -238,11 +297,13 @@ def save_like(volume: Volume, array: np.ndarray, path: str | os.PathLike) -> Pat
     ref = nib.load(str(volume.image_path))
     header = ref.header.copy()
     header.set_data_dtype(array.dtype)
-    out = nib.Nifti1Image(np.ascontiguousarray(to_nifti_order(array)), ref.affine, header)
+    if description is not None:
+        header["descrip"] = description.encode()[:79]
+    stored = from_canonical(to_nifti_order(array), volume.orientation)
+    out = nib.Nifti1Image(np.ascontiguousarray(stored), ref.affine, header)
     path = Path(path)
     payload = out.to_bytes()
     if path.name.endswith(".gz"):
         payload = gzip.compress(payload, compresslevel=6, mtime=0)
     write_bytes_atomic(path, payload)
     return path
-

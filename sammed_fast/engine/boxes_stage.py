@@ -3,7 +3,8 @@
 Four prompt kinds (boxes/<split>.pt holds "<kind>" (N,4) float32 and "<kind>_empty" (N,) bool):
 
 - "filtered": the paper's filter, ``ops.boxes_from_probs`` on the segmenter's probabilities
-  (theta1, downscale 4 by default, 4-connectivity): box of the largest component;
+  (theta1, downscale tile // 128 by default: the paper's 128 cells per side, 4-connectivity):
+  box of the largest component;
 - "unfiltered": box of the whole thresholded coarse mask (prob > theta1), every component;
 - "gt": box of the ground-truth label (the upper bound);
 - "whole": the whole slice.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,23 @@ PROMPT_KINDS = ("whole", "unfiltered", "filtered", "gt")
 SYNTHETIC_EPOCHS = (60, 40)
 #: (segmenter epochs, decoder epochs) for real data: the reference code's 100, the paper's 200.
 REAL_EPOCHS = (100, 200)
+#: Seeds are drawn from [0, MAX_SEED]: every generator the run seeds (numpy's, torch's per-epoch
+#: ones derived from it) takes such a seed without wrapping around.
+MAX_SEED = 2**32 - 1
+#: Cells per tile side the box filter works on: the paper's 512 px slices downscaled by 4.
+FILTER_CELLS = 128
 CPU_SEGMENTER, GPU_SEGMENTER = "resnet18_lite", "deeplabv3_resnet50"
 DEFAULT_TILE = {"compact": 64, "vit_b": 512, "vit_l": 512, "vit_h": 512}
 #: Fields that may differ when a run is resumed (they change no number it produces beyond
 #: floating-point rounding).
 RESUMABLE_CHANGES = ("resume", "progress", "device", "stop_after", "threads", "out", "embedding_cache",
-                     "all_sources", "figure_slices", "compile")
+                     "all_sources", "figure_slices", "compile", "seeds")
+
+
+def filter_downscale(tile_size: int, cells: int) -> int:
+    """The box filter's area-downscale factor that leaves at least ``cells`` cells per tile side:
+    the paper's 4 at a 512 px tile (128 cells), none (1) at tiles of fewer than 2 x cells pixels."""
+    return max(1, tile_size // cells)
 
 
 def _letters(value: Any, name: str) -> tuple[str, ...]:
@@ -80,7 +92,8 @@ class TrainConfig:
     segmenter_lr: float = 1e-3
     # stage 2: boxes
     theta1: float = 0.75
-    downscale: int = 4
+    filter_cells: int = FILTER_CELLS  # the box filter works on at least this many cells per tile side
+    downscale: int | None = None  # None -> tile_size // filter_cells (at least 1); an int overrides it
     empty_box: str = "skip"  # a slice without a box: "skip" -> empty mask, "full" -> whole-image box
     # stage 3/4: SAM
     sam: str = "compact"
@@ -100,6 +113,7 @@ class TrainConfig:
     out: Path | None = None  # None -> ./runs/sammed_fast_<source> (or _all)
     resume: bool = False
     seed: int = 0
+    seeds: tuple[int, ...] | None = None  # one run per seed (out/seed_<n>) and their mean and std
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0 = auto (1 for CPU runs, torch's default for GPU runs)
     stop_after: str | None = None  # debug/test knob: stop after this stage
@@ -141,8 +155,8 @@ class TrainConfig:
             raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.stop_after is not None and self.stop_after not in STAGES:
             raise ConfigError(f"--stop-after must be one of {', '.join(STAGES)}, got {self.stop_after!r}")
-        positive = ("segmenter_batch", "decoder_batch", "downscale", "figure_slices")
-        optional_positive = ("segmenter_epochs", "decoder_epochs", "tile_size", "synthetic_cases")
+        positive = ("segmenter_batch", "decoder_batch", "filter_cells", "figure_slices")
+        optional_positive = ("segmenter_epochs", "decoder_epochs", "tile_size", "synthetic_cases", "downscale")
         for name in positive + optional_positive:
             value = getattr(self, name)
             if value is None and name in optional_positive:
@@ -156,9 +170,21 @@ class TrainConfig:
         if self.compact_pretrain_steps is not None and (
                 not isinstance(self.compact_pretrain_steps, int) or self.compact_pretrain_steps < 0):
             raise ConfigError(f"compact_pretrain_steps must be None or >= 0, got {self.compact_pretrain_steps!r}")
+        if self.seeds is not None:
+            set_("seeds", tuple(self.seeds))
+            if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+                raise ConfigError(f"--seeds: give distinct seeds, got {list(self.seeds)}")
+            if self.all_sources:
+                raise ConfigError("--seeds cannot be combined with --all-sources; run each seed's "
+                                  "--all-sources with --seed")
+        for seed in (self.seed, *(self.seeds or ())):
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+                raise ConfigError(f"--seed(s) must be integers from 0 to {MAX_SEED} (2**32 - 1), got {seed!r}")
         for name in ("segmenter_lr", "decoder_lr"):
-            if not float(getattr(self, name)) > 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    math.isfinite(value) and value > 0):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite positive number, got {value!r}")
         set_("theta2_sweep", tuple(float(t) for t in self.theta2_sweep))
         for name, value in (("theta1", self.theta1), ("theta2", self.theta2),
                             *(("theta2_sweep", t) for t in self.theta2_sweep)):
@@ -179,22 +205,30 @@ class TrainConfig:
         return tuple(d for d in DOMAINS if d != self.source)
 
     def resolved(self) -> "TrainConfig":
-        """A copy with every None default filled in (segmenter, tile size, epochs, targets, out)."""
+        """A copy with every None default filled in (segmenter, tile size, downscale, epochs,
+        targets, out)."""
         from sammed_fast.engine.determinism import resolve_device
 
         seg_epochs, dec_epochs = SYNTHETIC_EPOCHS if self.synthetic else REAL_EPOCHS
-        out = self.out or Path("runs") / f"sammed_fast_{'all' if self.all_sources else self.source}"
+        name = "all" if self.all_sources else self.source + ("_seeds" if self.seeds else "")
+        out = self.out or Path("runs") / f"sammed_fast_{name}"
         segmenter = self.segmenter or (
             GPU_SEGMENTER if resolve_device(self.device).type == "cuda" else CPU_SEGMENTER)
+        tile_size = self.tile_size or DEFAULT_TILE[self.sam]
         return dataclasses.replace(
             self,
             segmenter=segmenter,
-            tile_size=self.tile_size or DEFAULT_TILE[self.sam],
+            tile_size=tile_size,
+            downscale=self.downscale or filter_downscale(tile_size, self.filter_cells),
             segmenter_epochs=self.segmenter_epochs or seg_epochs,
             decoder_epochs=self.decoder_epochs or dec_epochs,
             targets=None if self.all_sources else self.target_domains,
             out=out,
         )
+
+    def for_seed(self, seed: int, out: Path) -> "TrainConfig":
+        """The single-seed run of a --seeds run."""
+        return dataclasses.replace(self, seed=seed, seeds=None, out=out)
 
     def for_source(self, source: str, out: Path) -> "TrainConfig":
         """The single-source run of an --all-sources run."""
@@ -216,7 +250,7 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"config.json has unknown fields {unknown} (written by another version?)")
         kwargs = dict(data)
-        for name in ("targets", "theta2_sweep"):
+        for name in ("targets", "theta2_sweep", "seeds"):
             if kwargs.get(name) is not None:
                 kwargs[name] = tuple(kwargs[name])
         return cls(**kwargs)

@@ -13,7 +13,8 @@ Rows (what each slice's mask comes from):
 
 Dice per 3D volume is the primary number (mean per domain, then over the target domains); per-slice
 Dice (pooled over the domain's slices where truth or prediction has prostate) stands beside it. The method is also scored at every theta2
-of the sweep. No randomness: boxes are never jittered here.
+of the sweep. No randomness: boxes are never jittered here. ``results["boxes"]`` holds the box
+diagnostics of every split (engine.box_diagnostics).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import dataclasses
 import torch
 from tqdm.auto import tqdm
 
+from sammed_fast.engine.box_diagnostics import DIAGNOSED_KINDS, box_diagnostics
 from sammed_fast.engine.boxes_stage import load_boxes, prompts_for
 from sammed_fast.engine.config import TrainConfig
 from sammed_fast.engine.embedding_cache import EmbeddingCache
@@ -58,6 +60,9 @@ class FigureSample:
     coarse: torch.Tensor
     final: torch.Tensor
     truth: torch.Tensor
+    #: prompt kind -> its box on this slice in the volume's pixel frame (x0, y0, x1, y1 inclusive),
+    #: or None where the slice got no box of that kind
+    boxes: dict[str, tuple[float, float, float, float] | None] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,19 +98,35 @@ def _split_scores(split: Split, run: RunFolder, config: TrainConfig, model: Tile
     prompt, keep = prompts_for(boxes, "filtered", config.empty_box)
     ellipses = _ellipse_masks(prompt, keep, config.tile_size)
     rows["ellipse_filtered"] = score_split(split, ellipses, thresholds=[0.5], mode="nearest")[0.5]
-    return rows, sweep, {"coarse": coarse, "final": method_probs}
+    return rows, sweep, {"coarse": coarse, "final": method_probs, "boxes": boxes}
 
 
-def _figure_sample(split: Split, values: dict[str, torch.Tensor], config: TrainConfig) -> FigureSample:
-    """The slice with the most prostate in the split's first volume."""
+def _volume_frame_box(box: torch.Tensor, empty: bool, tile: int, height: int, width: int
+                      ) -> tuple[float, float, float, float] | None:
+    """An inclusive tile-frame box -> the pixels of the volume's slice that its tile pixels cover."""
+    if empty:
+        return None
+    x0, y0, x1, y1 = box.tolist()
+    sx, sy = width / tile, height / tile
+    return (x0 * sx, y0 * sy, (x1 + 1) * sx - 1, (y1 + 1) * sy - 1)
+
+
+def _figure_sample(split: Split, values: dict[str, torch.Tensor], boxes: dict[str, torch.Tensor],
+                   config: TrainConfig) -> FigureSample:
+    """The slice with the most prostate in the split's first volume, with its filtered and
+    ground-truth boxes."""
     volume = split.volumes[0]
     areas = volume.label.reshape(volume.num_slices, -1).sum(1)
     s = int(areas.argmax())
     coarse = assemble(split, values["coarse"]).volume(volume.key)[s] > SEGMENTER_THRESHOLD
     final = assemble(split, values["final"]).volume(volume.key)[s] > config.theta2
+    row = split.keys.index((*volume.key, s))
+    height, width = volume.image.shape[1:]
+    drawn = {kind: _volume_frame_box(boxes[kind][row], bool(boxes[f"{kind}_empty"][row]),
+                                     config.tile_size, height, width) for kind in ("filtered", "gt")}
     return FigureSample(domain=volume.domain, case_id=volume.case_id, slice_index=s,
                         image=torch.from_numpy(volume.image[s]), coarse=coarse, final=final,
-                        truth=torch.from_numpy(volume.label[s]).bool())
+                        truth=torch.from_numpy(volume.label[s]).bool(), boxes=drawn)
 
 
 def _summary(scores: dict[str, list[CaseScore]], source: str) -> dict:
@@ -140,7 +161,7 @@ def evaluate_run_data(*, run: RunFolder, data: RunData, config: TrainConfig, mod
         for theta, scores in sweep.items():
             per_theta[theta][split.domain] = scores
         if name != "test" and len(samples) < config.figure_slices:
-            samples.append(_figure_sample(split, values, config))
+            samples.append(_figure_sample(split, values, values["boxes"], config))
     results = {
         "source": data.source,
         "targets": list(data.targets),
@@ -151,12 +172,16 @@ def evaluate_run_data(*, run: RunFolder, data: RunData, config: TrainConfig, mod
         "secondary_metric": "dice2d: Dice per 2D slice, pooled over the domain's slices where the "
                             "truth or the prediction has prostate",
         "theta1": config.theta1, "theta2": config.theta2, "downscale": config.downscale,
+        "filter_cells": config.filter_cells,
         "empty_box": config.empty_box, "decoder_prompts": config.decoder_prompts,
         "tile_size": config.tile_size, "sam": config.sam,
         "segmenter": config.segmenter, "seed": config.seed,
         "rows": {row: {"label": label, **_summary(per_row[row], data.source)}
                  for row, label in ROWS.items()},
         "theta2_sweep": {f"{t:g}": _summary(per_theta[t], data.source) for t in config.theta2_sweep},
+        "boxes": {name: {"domain": split.domain,
+                         **{kind: box_diagnostics(load_boxes(run, split), kind) for kind in DIAGNOSED_KINDS}}
+                  for name, split in data.splits.items()},
         **(extra or {}),
     }
     return EvaluationResult(results=results, cases=cases, samples=samples)

@@ -1,5 +1,6 @@
-"""figure.png, like the paper's qualitative figure: for a few target slices, the image, the
-segmenter's coarse mask, the final mask (SAM + filtered box) and the ground truth."""
+"""figure.png, like the paper's qualitative figure: for a few target slices, the image with the
+filtered box (yellow) and the ground-truth box (green, dashed), the segmenter's coarse mask, the
+final mask (SAM + filtered box) and the ground truth."""
 from __future__ import annotations
 
 import io
@@ -19,6 +20,23 @@ COLUMNS = ("image", "coarse mask", "final mask", "ground truth")
 
 def _dice(pred, truth) -> float:
     return float(dice(pred[None], truth[None])[0])
+
+
+#: How the image column draws each prompt kind's box.
+BOX_STYLES = {"filtered": ("yellow", "-"), "gt": ("lime", "--")}
+
+
+def _draw_boxes(ax, boxes: dict) -> None:
+    """Outlines the slice's boxes (volume pixel frame, inclusive) on the image axis."""
+    from matplotlib.patches import Rectangle
+
+    for kind, box in boxes.items():
+        if box is None or kind not in BOX_STYLES:
+            continue
+        colour, style = BOX_STYLES[kind]
+        x0, y0, x1, y1 = box
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False,
+                               edgecolor=colour, linestyle=style, linewidth=1, label=kind))
 
 
 def write_figure(path: Path, samples: Sequence[FigureSample]) -> None:
@@ -44,6 +62,8 @@ def write_figure(path: Path, samples: Sequence[FigureSample]) -> None:
                 overlay = np.zeros((*mask.shape, 4))
                 overlay[mask.numpy()] = (1.0, 0.2, 0.1, 0.45)
                 ax.imshow(overlay, interpolation="nearest")
+            else:
+                _draw_boxes(ax, sample.boxes)
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     for ax, name in zip(axes[0], COLUMNS):

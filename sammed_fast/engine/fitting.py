@@ -21,9 +21,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sammed_fast.engine import distributed
+from sammed_fast.engine.config import ConfigError
 from sammed_fast.engine.run_folder import RunFolder
 
-__all__ = ["FitResult", "fit"]
+__all__ = ["FitResult", "TrainingDiverged", "fit"]
+
+
+class TrainingDiverged(ConfigError):
+    """A fit produced a NaN or infinite loss or validation score (the CLI prints the message)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,13 +45,15 @@ def fit(
     module: nn.Module,
     optimizer: torch.optim.Optimizer,
     epochs: int,
-    train_epoch: Callable[[int], float],
+    train_epoch: Callable[[int], float | None],
     validate: Callable[[], float],
     resume: bool,
     progress: bool = True,
 ) -> FitResult:
-    """Runs ``epochs`` epochs of ``train_epoch(epoch) -> mean loss``, scores each with
-    ``validate() -> score`` and leaves ``module`` holding the best epoch's weights (first best wins)."""
+    """Runs ``epochs`` epochs of ``train_epoch(epoch) -> mean loss`` (None: the epoch had nothing
+    to train on), scores each with ``validate() -> score`` and leaves ``module`` holding the best
+    epoch's weights (first best wins). A NaN or infinite loss or score stops the fit with
+    :class:`TrainingDiverged` before that epoch's weights are saved."""
     start, best_score, best_epoch, history = 0, -math.inf, -1, []
     latest = run.load_checkpoint(name, "latest") if resume else None
     if latest is not None and not run.checkpoint_path(name, "best").is_file():
@@ -67,10 +74,19 @@ def fit(
     for epoch in bar:
         began = time.perf_counter()
         module.train()
-        loss = distributed.mean_over_ranks(train_epoch(epoch))
+        epoch_loss = train_epoch(epoch)
+        loss = math.nan if epoch_loss is None else distributed.mean_over_ranks(epoch_loss)
+        if epoch_loss is not None and not math.isfinite(loss):
+            raise TrainingDiverged(f"stage {name}, epoch {epoch + 1}/{epochs}: the training loss is "
+                                   f"{loss} (training diverged); nothing of this epoch was saved. "
+                                   f"Lower --{name}-lr (now {optimizer.param_groups[0]['lr']:g})")
         module.eval()
         distributed.broadcast_buffers(module)
         score = distributed.broadcast(float(validate()))
+        if not math.isfinite(score):
+            raise TrainingDiverged(f"stage {name}, epoch {epoch + 1}/{epochs}: the source validation "
+                                   f"score is {score} (non-finite model outputs); nothing of this "
+                                   f"epoch was saved. Lower --{name}-lr")
         seconds = time.perf_counter() - began
         history.append({"epoch": epoch, "loss": loss, "score": score, "seconds": round(seconds, 3)})
         run.scalar(f"{name}/train_loss", loss, epoch)

@@ -28,7 +28,7 @@ from sammed_fast.engine.figure import write_figure
 from sammed_fast.engine.fitting import FitResult
 from sammed_fast.engine.report import write_results
 from sammed_fast.engine.run_data import RunData, check_data, data_root, load_run_data
-from sammed_fast.engine.run_folder import RunFolder
+from sammed_fast.engine.run_folder import MARKER, RunFolder, is_run_folder
 from sammed_fast.engine.sam_model import base_checkpoint, build_run_sam, check_sam, weights_fingerprint
 from sammed_fast.engine.sam_stage import load_decoder, train_decoder
 from sammed_fast.engine.segmenter_stage import (build_run_segmenter, load_predictions, load_segmenter,
@@ -193,8 +193,11 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", progress: bool = 
     results.json, results.md, cases.csv and figure.png and returns the results. Under torchrun the
     ranks share the work, rank 0 writes, and every rank returns the results."""
     run_dir = Path(run_dir)
+    if not is_run_folder(run_dir):
+        raise ConfigError(f"--run {run_dir}: not a sammed_fast run folder (no {MARKER} marker)")
     if not (run_dir / "config.json").is_file():
-        raise ConfigError(f"--run {run_dir}: not a run folder (no config.json)")
+        raise ConfigError(f"--run {run_dir}: incomplete run folder (no config.json); finish it with "
+                          f"`python -m sammed_fast.train --out {run_dir} --resume`")
     with distributed.session(resolve_device(device)), \
             _cpu_threads(TrainConfig.read(run_dir / "config.json").threads, device):
         return _evaluate_run(run_dir, device=device, progress=progress and distributed.is_main())
@@ -203,12 +206,12 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", progress: bool = 
 def _evaluate_run(run_dir: Path, *, device: str, progress: bool) -> dict:
     stored = TrainConfig.read(run_dir / "config.json")
     config = preflight(dataclasses.replace(stored, device=device, progress=progress, resume=True))
-    run = RunFolder(path=run_dir, config=config)
-    for stage in STAGES[:-1]:
-        if not run.is_finished(stage):
-            raise ConfigError(f"--run {run_dir}: stage {stage!r} has not finished; finish the run "
-                              f"with `python -m sammed_fast.train --out {run_dir} --resume`")
+    run = RunFolder.open_existing(run_dir, config)
     try:
+        for stage in STAGES[:-1]:
+            if not run.is_finished(stage):
+                raise ConfigError(f"--run {run_dir}: stage {stage!r} has not finished; finish the run "
+                                  f"with `python -m sammed_fast.train --out {run_dir} --resume`")
         root = distributed.main_only(lambda: data_root(config, progress=progress))
         data = load_run_data(config, root, progress=progress)
         run.start_stage("evaluate", may_resume=False)

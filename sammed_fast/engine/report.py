@@ -8,11 +8,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import statistics
 from pathlib import Path
 
 from sammed_fast.atomic import write_text_atomic
 
-__all__ = ["results_table", "write_results", "all_sources_table", "write_all_sources"]
+__all__ = ["results_table", "write_results", "all_sources_table", "write_all_sources", "seeds_summary",
+           "write_seeds_summary"]
 
 CASE_FIELDS = ("row", "split", "domain", "case_id", "dice3d", "dice2d_mean", "slices")
 
@@ -45,6 +47,25 @@ def _sweep_table(results: dict) -> str:
     return _table(header, body)
 
 
+def _fraction(value: float) -> str:
+    return "n/a" if value != value else f"{value:.2f}"
+
+
+def boxes_table(results: dict) -> str:
+    """Markdown table of the box diagnostics: one line per split and prompt kind."""
+    header = ["split", "domain", "boxes", "IoU with GT box", "area / GT area", "prostate slices without box",
+              "boxes on slices without prostate"]
+    body = []
+    for split, entry in results["boxes"].items():
+        for kind, d in entry.items():
+            if kind == "domain":
+                continue
+            body.append([split, entry["domain"], kind, _fraction(d["iou"]), _fraction(d["area_ratio"]),
+                         f"{_fraction(d['missed'])} of {d['prostate_slices']}",
+                         f"{_fraction(d['boxes_without_prostate'])} of {d['boxes']}"])
+    return _table(header, body)
+
+
 def results_markdown(results: dict) -> str:
     src = results["source"]
     selection = results.get("selection", {})
@@ -65,6 +86,9 @@ def results_markdown(results: dict) -> str:
               results_table(results, "dice2d"), "",
               "## theta2 sweep of SAM + filtered boxes (Dice per 3D volume, %)", "",
               _sweep_table(results), ""]
+    if "boxes" in results:
+        lines += ["## Box prompts against the ground-truth box (tile frame; IoU and area over slices "
+                  "with prostate and a box)", "", boxes_table(results), ""]
     return "\n".join(lines)
 
 
@@ -109,3 +133,57 @@ def write_all_sources(out: Path, per_source: dict[str, dict]) -> None:
             "## Dice per 3D volume (%)", "", all_sources_table(per_source, "dice3d"), "",
             "## Dice per 2D slice (%)", "", all_sources_table(per_source, "dice2d"), ""]
     write_text_atomic(out / "results.md", "\n".join(text))
+
+
+def _mean_std(values: list[float]) -> dict:
+    """Mean and sample standard deviation (n - 1; 0 for a single value)."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def seeds_summary(per_seed: dict[int, dict]) -> dict:
+    """results.json of a --seeds run: per row, metric and column (every domain and target_mean), the
+    per-seed values with their mean and sample std; and the method's gain over the segmenter."""
+    first = next(iter(per_seed.values()))
+    columns = [*first["columns"], "target_mean"]
+    rows = {}
+    for row, entry in first["rows"].items():
+        rows[row] = {"label": entry["label"]}
+        for metric in ("dice3d", "dice2d"):
+            rows[row][metric] = {}
+            for column in columns:
+                values = [per_seed[seed]["rows"][row][metric][column] for seed in per_seed]
+                rows[row][metric][column] = {"per_seed": values, **_mean_std(values)}
+    gains = [r["rows"]["sam_filtered"]["dice3d"]["target_mean"] - r["rows"]["segmenter"]["dice3d"]["target_mean"]
+             for r in per_seed.values()]
+    return {"source": first["source"], "targets": first["targets"], "columns": first["columns"],
+            "seeds": list(per_seed), "std": "sample standard deviation over the seeds (n - 1)",
+            "rows": rows, "method_gain_over_segmenter": {"per_seed": gains, **_mean_std(gains)}}
+
+
+def write_seeds_summary(out: Path, per_seed: dict[int, dict]) -> dict:
+    """Writes results.json and results.md of a --seeds run (see :func:`seeds_summary`)."""
+    summary = seeds_summary(per_seed)
+    seeds, columns = summary["seeds"], [*summary["columns"], "target_mean"]
+    write_text_atomic(out / "results.json", json.dumps(summary, indent=2) + "\n")
+
+    def cell(stats: dict) -> str:
+        return f"{_pct(stats['mean'])} ± {_pct(stats['std'])}"
+
+    per_seed_table = _table(["method", *(f"seed {s}" for s in seeds), "mean ± std"],
+                            [[e["label"], *map(_pct, e["dice3d"]["target_mean"]["per_seed"]),
+                              cell(e["dice3d"]["target_mean"])] for e in summary["rows"].values()])
+    source = summary["source"]
+    domain_table = _table(["method", *(f"{c} (source test)" if c == source else
+                                       ("target avg" if c == "target_mean" else c) for c in columns)],
+                          [[e["label"], *(cell(e["dice3d"][c]) for c in columns)]
+                           for e in summary["rows"].values()])
+    gain = summary["method_gain_over_segmenter"]
+    text = [f"# sammed_fast: source {source}, seeds {', '.join(map(str, seeds))}", "",
+            "Dice per 3D volume (%), mean over the target domains; mean ± sample std over the seeds.", "",
+            per_seed_table, "",
+            "The method (SAM + filtered boxes) against the segmenter alone, target average: "
+            + ", ".join(f"seed {s}: {100 * g:+.2f}" for s, g in zip(seeds, gain["per_seed"]))
+            + f"; mean {100 * gain['mean']:+.2f} ± {100 * gain['std']:.2f} points.", "",
+            "## Per domain (Dice per 3D volume, %, mean ± std over the seeds)", "", domain_table, ""]
+    write_text_atomic(out / "results.md", "\n".join(text))
+    return summary

@@ -15,7 +15,8 @@ from sammed_fast.data.synthetic import ensure_synthetic
 from sammed_fast.engine.config import ConfigError, TrainConfig
 from sammed_fast.pretrain import default_cache_dir
 
-__all__ = ["Split", "RunData", "data_root", "check_data", "load_run_data", "SOURCE_SPLITS"]
+__all__ = ["Split", "RunData", "data_root", "check_data", "check_source_labels", "load_run_data",
+           "SOURCE_SPLITS"]
 
 SOURCE_SPLITS = ("train", "val", "test")
 
@@ -81,6 +82,16 @@ def check_data(root: Path, domains: tuple[str, ...]) -> None:
             raise ConfigError(f"--data: {error}") from error
 
 
+def check_source_labels(train: list[Volume], source: str) -> None:
+    """Both stages learn from the source training volumes' labels: refuses (ConfigError naming the
+    label files) a training split without a single foreground voxel, before any training."""
+    if any(volume.label.any() for volume in train):
+        return
+    files = ", ".join(str(volume.label_path) for volume in train)
+    raise ConfigError(f"source domain {source}: every label of its training split is empty (no "
+                      f"voxel > 0), so there is nothing to learn: {files}")
+
+
 def load_run_data(config: TrainConfig, root: Path, *, progress: bool = True) -> RunData:
     """Reads and normalises the source and target volumes and slices them at the tile size."""
     def read(letter: str) -> list[Volume]:
@@ -93,6 +104,7 @@ def load_run_data(config: TrainConfig, root: Path, *, progress: bool = True) -> 
         parts = split_source(read(config.source))
     except ValueError as error:
         raise ConfigError(f"source domain {config.source}: {error}") from error
+    check_source_labels(parts["train"], config.source)
     parts.update({letter: read(letter) for letter in config.target_domains})
     splits = {}
     for name, volumes in parts.items():

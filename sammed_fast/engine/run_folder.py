@@ -3,12 +3,20 @@
 
 Layout::
 
+    .sammed_fast_run       marker: this folder is a sammed_fast run folder (JSON: tool, format, created)
+    .lock                  held (fcntl.flock) by the one process that writes the folder
     config.json            the TrainConfig, resolved
     state.json             {"stages": {name: {"finished": iso time, "outputs": [...], "info": {...}}}}
     train.log              timestamped messages
     checkpoints/           <name>_latest.pt (resume) and <name>_best.pt (selected on source val)
     tensorboard/           event files
     predictions/ boxes/ cache/ results.json results.md cases.csv figure.png   (written by stages)
+
+Only a folder with the marker is ever cleared or rewritten: ``--out`` naming a non-empty folder
+without it (another tool's, or a run of a sammed_fast version older than the marker) is refused and
+left untouched. Starting over deletes exactly the entries listed in ``MANAGED``. A run, and a
+re-evaluation, hold the lock from the moment they open the folder until they close it; a second
+process that tries to open a locked folder is refused at once with the holder's pid.
 
 Every file is written to a temporary name in its folder and renamed into place, so an interrupted
 write never leaves a complete-looking file; a stage counts as finished only once state.json says so
@@ -21,7 +29,9 @@ finishing a stage is a barrier, so a stage's files are complete before any rank 
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -33,7 +43,11 @@ from sammed_fast.atomic import save_torch_atomic, write_text_atomic
 from sammed_fast.engine import distributed
 from sammed_fast.engine.config import STAGES, ConfigError, TrainConfig
 
-__all__ = ["RunFolder", "load_torch"]
+__all__ = ["RunFolder", "RunLock", "load_torch", "is_run_folder", "MARKER", "LOCK"]
+
+#: The file that marks a folder as a sammed_fast run folder, and the lock file.
+MARKER, LOCK = ".sammed_fast_run", ".lock"
+MARKER_FORMAT = 1
 
 #: Everything a run writes; removed when a run folder is started over (never anything else).
 MANAGED = ("config.json", "state.json", "train.log", "checkpoints", "predictions", "boxes", "cache",
@@ -54,6 +68,68 @@ def _now() -> str:
     return _dt.datetime.now().isoformat(timespec="milliseconds")
 
 
+def is_run_folder(path: Path) -> bool:
+    """True when ``path`` carries the sammed_fast run-folder marker."""
+    try:
+        marker = json.loads((Path(path) / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("tool") == "sammed_fast"
+
+
+def check_writable_run_folder(path: Path, *, option: str) -> None:
+    """Refuses (ConfigError) a ``path`` that sammed_fast must not write into: a file, or a
+    non-empty folder without the run-folder marker."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} exists and is not a folder")
+    if path.is_dir() and not is_run_folder(path) and any(path.iterdir()):
+        raise ConfigError(
+            f"{option} {path} exists, is not empty and is not a sammed_fast run folder (it has no "
+            f"{MARKER} marker), so nothing in it is touched; choose another {option} or an empty "
+            "folder (run folders of sammed_fast versions before the marker must be rerun elsewhere)")
+
+
+def mark_run_folder(path: Path) -> None:
+    """Creates ``path`` if needed and writes the run-folder marker into it."""
+    path.mkdir(parents=True, exist_ok=True)
+    marker = {"tool": "sammed_fast", "format": MARKER_FORMAT, "created": _now()}
+    write_text_atomic(path / MARKER, json.dumps(marker) + "\n")
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on a run folder (``fcntl.flock`` on its ``.lock`` file).
+
+    The kernel drops it when the process ends, however it ends, so a killed run never leaves a
+    stale lock behind; the file itself stays and records the last holder's pid."""
+
+    def __init__(self, handle) -> None:
+        self._handle = handle
+
+    @classmethod
+    def acquire(cls, folder: Path) -> "RunLock":
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / LOCK, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise ConfigError(f"run folder {folder} is in use by another process (pid {holder}); "
+                              "wait for it to finish, or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        return cls(handle)
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
 class RunFolder:
     """One run folder (see module docs). Build it with :meth:`open`."""
 
@@ -62,33 +138,45 @@ class RunFolder:
         self.config = config
         self.writes = distributed.is_main()  # False on the other ranks of a torchrun launch
         self._writer = None
+        self._lock: RunLock | None = None
         self._state = self._read_state()
 
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, config: TrainConfig) -> "RunFolder":
         """Creates, resumes (config.resume) or starts over the folder ``config.out`` (rank 0; the
-        other ranks open it once rank 0 is done).
+        other ranks open it once rank 0 is done), holding its lock until :meth:`close`.
 
         Resuming checks that the stored config matches in everything that changes results. A
-        folder that exists but was not written by a run is never touched.
+        folder that exists but is not marked as a run folder is never touched.
         """
-        verb = distributed.main_only(lambda: cls._prepare(config))
+        lock = None
+
+        def prepare() -> str:
+            nonlocal lock
+            check_writable_run_folder(Path(config.out), option="--out")
+            lock = RunLock.acquire(Path(config.out))
+            try:
+                return cls._prepare(config)
+            except BaseException:
+                lock.release()
+                raise
+
+        verb = distributed.main_only(prepare)
         run = cls(path=Path(config.out), config=config)
+        run._lock = lock
         run.log(f"{verb} {run.path}")
         return run
 
     @staticmethod
     def _prepare(config: TrainConfig) -> str:
-        """Checks, clears or creates the folder and writes config.json; returns what was done."""
+        """Checks, clears or creates the (locked) folder and writes config.json; returns what was done."""
         path = Path(config.out)
-        if path.exists() and not path.is_dir():
-            raise ConfigError(f"--out {path} exists and is not a folder")
-        ours = (path / "config.json").is_file() or (path / "state.json").is_file()
-        if path.is_dir() and any(path.iterdir()) and not ours:
-            raise ConfigError(f"--out {path} exists, is not empty and is not a sammed_fast run folder; "
-                              "choose another --out")
+        ours = is_run_folder(path)
         if ours and config.resume:
+            if not (path / "config.json").is_file():
+                raise ConfigError(f"--resume: run folder {path} has no config.json (its run was "
+                                  "interrupted while starting); run without --resume to start over")
             old = TrainConfig.read(path / "config.json")
             diffs = config.differences(old)
             if diffs:
@@ -98,13 +186,29 @@ class RunFolder:
         elif ours:
             for name in MANAGED:
                 target = path / name
-                if target.is_dir():
+                if target.is_dir() and not target.is_symlink():
                     shutil.rmtree(target)
                 else:
                     target.unlink(missing_ok=True)
-        path.mkdir(parents=True, exist_ok=True)
+        else:
+            mark_run_folder(path)
         config.write(path / "config.json")
         return "resuming" if ours and config.resume else ("starting over in" if ours else "new run in")
+
+    @classmethod
+    def open_existing(cls, path: Path, config: TrainConfig) -> "RunFolder":
+        """An existing run folder opened to rewrite its evaluation; rank 0 holds its lock until
+        :meth:`close`."""
+        lock = None
+
+        def acquire() -> None:
+            nonlocal lock
+            lock = RunLock.acquire(path)
+
+        distributed.main_only(acquire)
+        run = cls(path=path, config=config)
+        run._lock = lock
+        return run
 
     # ------------------------------------------------------------------ stage state
     def _read_state(self) -> dict:
@@ -149,10 +253,6 @@ class RunFolder:
         self.log(f"stage {stage}: finished")
         distributed.barrier()
 
-    def finished_at(self, stage: str) -> str | None:
-        record = self._state["stages"].get(stage)
-        return record["finished"] if record else None
-
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_path(self, name: str, kind: str) -> Path:
         if kind not in ("latest", "best"):
@@ -168,6 +268,26 @@ class RunFolder:
     def load_checkpoint(self, name: str, kind: str) -> dict | None:
         path = self.checkpoint_path(name, kind)
         return load_torch(path) if path.is_file() else None
+
+    def load_best_weights(self, name: str, module: torch.nn.Module) -> None:
+        """Loads ``checkpoints/<name>_best.pt`` into ``module``. A missing file, or one that holds
+        another model's weights (e.g. a segmenter's where the decoder's belong), is a ConfigError
+        naming the file."""
+        path = self.checkpoint_path(name, "best")
+        best = self.load_checkpoint(name, "best")
+        if best is None:
+            raise ConfigError(f"{path} is missing; finish the run with "
+                              f"`python -m sammed_fast.train --out {self.path} --resume`")
+        weights = best.get("model") if isinstance(best, dict) else None
+        if not isinstance(weights, dict):
+            raise ConfigError(f"{path}: not a sammed_fast {name} checkpoint (no 'model' weights)")
+        try:
+            module.load_state_dict(weights)
+        except (RuntimeError, KeyError, TypeError, ValueError) as error:
+            summary = " ".join(str(error).split())[:300]
+            raise ConfigError(f"{path}: does not hold the weights of this run's {name} ({summary}); "
+                              "was the file replaced? Rerun the stage with --resume after deleting "
+                              "it") from error
 
     # ------------------------------------------------------------------ log and scalars
     def log(self, message: str, *, echo: bool = True) -> None:
@@ -197,3 +317,6 @@ class RunFolder:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

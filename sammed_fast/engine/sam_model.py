@@ -95,7 +95,10 @@ def build_run_sam(checkpoint: Path, config: TrainConfig, device: torch.device, *
         model = TiledSam(sam=sam, tile_size=config.tile_size, grid=GRID,
                          encoder_precision=config.precision)
     except (FileNotFoundError, ValueError) as error:
-        raise ConfigError(f"--sam-checkpoint: {error}") from error
+        if config.sam_checkpoint is not None:
+            raise ConfigError(f"--sam-checkpoint: {error}") from error
+        raise ConfigError(f"the SAM base weights that this run made for itself are unusable: {error}. "
+                          f"Delete {checkpoint} and run again with --resume to rebuild them") from error
     freeze_for_decoder_training(model)
     model = model.to(device)
     return model.compile_parts() if compile_parts else model

@@ -13,14 +13,13 @@ stay plain on every rank), each rank trains on its share of every epoch's batche
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
 
 from sammed_fast.engine import distributed
 from sammed_fast.engine.boxes_stage import load_boxes, prompts_for
-from sammed_fast.engine.config import ConfigError, TrainConfig
+from sammed_fast.engine.config import TrainConfig
 from sammed_fast.engine.determinism import epoch_generator, seed_everything, stage_seed
 from sammed_fast.engine.embedding_cache import EmbeddingCache
 from sammed_fast.engine.fitting import FitResult, fit
@@ -83,10 +82,7 @@ class _DecoderStep(nn.Module):
 
 def load_decoder(run: RunFolder, model: TiledSam) -> None:
     """Loads the run's selected decoder (checkpoints/decoder_best.pt) into ``model``."""
-    best = run.load_checkpoint("decoder", "best")
-    if best is None:
-        raise ConfigError(f"{run.path}: checkpoints/decoder_best.pt is missing; resume the run")
-    model.sam.mask_decoder.load_state_dict(best["model"])
+    run.load_best_weights("decoder", model.sam.mask_decoder)
     model.eval()
 
 
@@ -109,13 +105,15 @@ def train_decoder(run: RunFolder, data: RunData, config: TrainConfig, model: Til
     val_embeddings = cache.get("val")
     labels = train.slices.labels
 
-    def train_epoch(epoch: int) -> float:
+    def train_epoch(epoch: int) -> float | None:
         generator = epoch_generator(config.seed, "decoder", epoch)
         batches = shuffled_batches(len(rows), config.decoder_batch, generator)
         if distributed.rank() > 0:  # this rank's own jitter; rank 0 goes on with the shared stream
             generator = epoch_generator(config.seed, "decoder", epoch, rank=distributed.rank())
         total, count = 0.0, 0
         for batch in batches:
+            if len(batch) == 0:  # no slice has a box: nothing to decode
+                continue
             index = rows[batch]
             boxes = jitter_boxes(train_boxes[index], config.box_jitter, config.tile_size, generator)
             logits = decode(embeddings, boxes.to(device), index.to(device))
@@ -124,7 +122,7 @@ def train_decoder(run: RunFolder, data: RunData, config: TrainConfig, model: Til
             loss.backward()
             optimizer.step()
             total, count = total + loss.item() * len(index), count + len(index)
-        return total / count if count else math.nan
+        return total / count if count else None
 
     def validate() -> float:
         probs = sam_probs(model, val_embeddings, val_boxes, val_keep, device)

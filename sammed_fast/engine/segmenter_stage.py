@@ -85,7 +85,7 @@ def train_segmenter(run: RunFolder, data: RunData, config: TrainConfig, device: 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.segmenter_lr)
     train, val = data.splits["train"].slices, data.splits["val"]
 
-    def train_epoch(epoch: int) -> float:
+    def train_epoch(epoch: int) -> float | None:
         generator = epoch_generator(config.seed, "segmenter", epoch)
         total, count = 0.0, 0
         for index in shuffled_batches(len(train), config.segmenter_batch, generator):
@@ -96,7 +96,7 @@ def train_segmenter(run: RunFolder, data: RunData, config: TrainConfig, device: 
             loss.backward()
             optimizer.step()
             total, count = total + loss.item() * len(index), count + len(index)
-        return total / max(count, 1)
+        return total / count if count else None
 
     def validate() -> float:
         return mean_volume_dice(val, segmenter_probs(model, val, device), threshold=SEGMENTER_THRESHOLD)
@@ -109,11 +109,8 @@ def train_segmenter(run: RunFolder, data: RunData, config: TrainConfig, device: 
 
 def load_segmenter(run: RunFolder, config: TrainConfig, device: torch.device) -> Segmenter:
     """The selected segmenter of a run (checkpoints/segmenter_best.pt)."""
-    best = run.load_checkpoint("segmenter", "best")
-    if best is None:
-        raise ConfigError(f"{run.path}: checkpoints/segmenter_best.pt is missing; resume the run")
     model = build_segmenter(config.segmenter)
-    model.load_state_dict(best["model"])
+    run.load_best_weights("segmenter", model)
     return model.to(device).eval()
 
 

@@ -6,8 +6,6 @@ device without host loops over the batch.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -106,7 +104,7 @@ def largest_component(
 
 
 def pooled_size(size: int, downscale: int) -> int:
-    return math.ceil(size / downscale)
+    return -(-size // downscale)  # exact for any int64 downscale
 
 
 def cell_box_to_pixels(boxes: torch.Tensor, size_hw: tuple[int, int], cells_hw: tuple[int, int]) -> torch.Tensor:
@@ -134,15 +132,19 @@ def boxes_from_probs(
 
     Area-resize by ``downscale`` (adaptive average pooling to ceil(H/d) x ceil(W/d)), keep
     ``prob > threshold``, take the largest component's box and map it back to full resolution.
-    Images without foreground get the whole image (``empty_full``) or NaNs.
+    Pooling and comparison run in float64 for float64 input, else in float32 (which holds float16
+    and bfloat16 exactly). Images without foreground get the whole image (``empty_full``) or NaNs.
+    The outputs never require grad.
     """
+    probs = probs.detach()
     B, H, W = probs.shape
+    values = probs if probs.dtype == torch.float64 else probs.float()
     if downscale > 1:
         cells_hw = (pooled_size(H, downscale), pooled_size(W, downscale))
-        small = F.adaptive_avg_pool2d(probs.float()[:, None], cells_hw)[:, 0]
+        small = F.adaptive_avg_pool2d(values[:, None], cells_hw)[:, 0]
     else:
         cells_hw = (H, W)
-        small = probs.float()
+        small = values
     _, cell_boxes, areas = largest_component(small > threshold, connectivity)
     empty = areas == 0
     boxes = cell_box_to_pixels(cell_boxes, (H, W), cells_hw) if downscale > 1 else cell_boxes
@@ -166,7 +168,7 @@ def merge_tiles(
     """
     B, C, h, w = images.shape
     per_canvas = grid * grid
-    canvases = math.ceil(B / per_canvas)
+    canvases = -(-B // per_canvas)
     mean = torch.tensor(pixel_mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(pixel_std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
     x = (images.float().expand(B, 3, h, w) - mean) / std
@@ -193,8 +195,10 @@ def unmerge_tiles(logits: torch.Tensor, grid: int, out_h: int = 0, out_w: int = 
     position = torch.arange(B, device=logits.device) % (grid * grid)
     quadrants = logits.reshape(B, C, grid, th, grid, tw).permute(0, 2, 4, 1, 3, 5)
     tiles = quadrants[torch.arange(B, device=logits.device), position // grid, position % grid]
-    if out_h > 0 and (out_h, out_w) != (th, tw) and B > 0:
-        tiles = F.interpolate(tiles, size=(out_h, out_w), mode="bilinear", align_corners=False)
-    if out_h > 0 and B == 0:
-        tiles = tiles.new_zeros(0, C, out_h, out_w)
+    size = (out_h, out_w) if out_h > 0 else (th, tw)
+    if tiles.numel() == 0:
+        # A view of the (empty) input, so that autograd still connects the output to logits.
+        return tiles[:, :, :1, :1].expand(B, C, *size)
+    if size != (th, tw):
+        tiles = F.interpolate(tiles, size=size, mode="bilinear", align_corners=False)
     return tiles.contiguous()
