@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "'gt', 'whole', 'unfiltered' give the paper's Table 3 ablation rows")
     g.add_argument("--box-jitter", type=int, default=d.box_jitter,
                    help="training only: move each box side 0..N px outward")
+    g.add_argument("--box-noise", type=float, default=d.box_noise,
+                   help="training only: move each box side by a random fraction in [-F, F] of the "
+                        "box's extent (shift, shrink, grow; SAM was trained with about 0.1)")
     g.add_argument("--embedding-cache", default=d.embedding_cache, choices=("disk", "memory"))
     g.add_argument("--theta2", type=float, default=d.theta2, help="SAM mask threshold")
     g.add_argument("--compact-pretrain-steps", type=int, default=None,

@@ -319,3 +319,39 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask, mode):
         os.umask(old)
     for path in (text, weights, tmp_path / "plain"):
         assert stat.S_IMODE(path.stat().st_mode) == mode, path
+
+
+# --------------------------------------------------------------------------- box noise (issue 10)
+def test_box_noise_is_seeded_bounded_and_valid():
+    from sammed_fast.engine.sam_stage import noise_boxes
+
+    boxes = torch.tensor([[10.0, 12, 29, 21], [0, 0, 63, 63], [5, 5, 5, 5]]).repeat(200, 1)
+    draw = lambda seed: noise_boxes(boxes, 0.1, 64, torch.Generator().manual_seed(seed))  # noqa: E731
+    assert torch.equal(draw(3), draw(3)) and not torch.equal(draw(3), draw(4))
+    noisy = draw(3)
+    extent = (boxes[:, 2:] - boxes[:, :2] + 1).repeat(1, 2)
+    assert ((noisy - boxes).abs() <= 0.1 * extent + 0.5).all()
+    assert (noisy[:, :2] <= noisy[:, 2:]).all() and noisy.min() >= 0 and noisy.max() <= 63
+    assert (noisy != boxes).any(1).float().mean() > 0.5, "most boxes must move"
+    assert (noisy[:, 2] - noisy[:, 0] < boxes[:, 2] - boxes[:, 0]).any(), "some boxes must shrink"
+    assert (noisy[:, 2] - noisy[:, 0] > boxes[:, 2] - boxes[:, 0]).any(), "some boxes must grow"
+    assert torch.equal(noise_boxes(boxes, 0.0, 64, torch.Generator()), boxes)
+
+
+def test_box_noise_is_used_in_training_and_never_at_evaluation(cache_dir, tmp_path, monkeypatch):
+    from sammed_fast.engine import sam_stage
+    from sammed_fast.evaluate import evaluate
+
+    calls = []
+    original = sam_stage.noise_boxes
+    monkeypatch.setattr(sam_stage, "noise_boxes", lambda *a: calls.append(a[1]) or original(*a))
+    out = train(tiny(cache_dir, tmp_path / "run", box_noise=0.2, theta1=0.5, empty_box="full"))
+    assert calls and set(calls) == {0.2}
+    results = json.loads((out / "results.json").read_text())
+    assert results["training_box_noise"] == 0.2
+
+    def refuse(*args):
+        raise AssertionError("box noise at evaluation")
+
+    monkeypatch.setattr(sam_stage, "noise_boxes", refuse)
+    assert evaluate(out, device="cpu", progress=False)["rows"] == results["rows"]

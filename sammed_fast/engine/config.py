@@ -104,6 +104,7 @@ class TrainConfig:
     decoder_lr: float = 1e-4
     decoder_prompts: str = "filtered"  # boxes the decoder is fine-tuned and selected with (Table 3)
     box_jitter: int = 0  # training only: each box side moves 0..box_jitter px outward
+    box_noise: float = 0.0  # training only: each box side moves by up to this fraction of the box's extent
     embedding_cache: str = "disk"  # "disk" (run folder, reused on resume) or "memory"
     precision: str = "bf16"  # the frozen SAM encoder on a GPU: "bf16" autocast or "fp32" (CPU: fp32)
     compile: bool = False  # SAM's image encoder and per-box decoding under torch.compile (inductor)
@@ -185,6 +186,9 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                     math.isfinite(value) and value > 0):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite positive number, got {value!r}")
+        if (isinstance(self.box_noise, bool) or not isinstance(self.box_noise, (int, float))
+                or not 0.0 <= self.box_noise < 1.0):
+            raise ConfigError(f"--box-noise must be a fraction in [0, 1), got {self.box_noise!r}")
         set_("theta2_sweep", tuple(float(t) for t in self.theta2_sweep))
         for name, value in (("theta1", self.theta1), ("theta2", self.theta2),
                             *(("theta2_sweep", t) for t in self.theta2_sweep)):

@@ -3,7 +3,9 @@
 Only the mask decoder trains (image and prompt encoders frozen), with Dice + BCE on logits, Adam,
 on the source train slices prompted with the segmenter's FILTERED boxes (the paper; another kind
 with ``decoder_prompts``, for the Table 3 ablation), against their labels at the tile size.
-Optional box jitter (each side 0..box_jitter px outward) is applied at training time only. Every
+Optional box noise (each side moved by up to box_noise of the box's extent, inward or outward) and
+box jitter (each side 0..box_jitter px outward) are applied at training time only, drawn from the
+epoch's seeded generator. Every
 epoch is scored on the source validation split (per-volume Dice at theta2, with the same kind of
 boxes) and the best epoch is kept: nothing selects on target data.
 
@@ -30,7 +32,7 @@ from sammed_fast.engine.scoring import mean_volume_dice
 from sammed_fast.engine.segmenter_stage import shuffled_batches
 from sammed_fast.sam import TiledSam, freeze_for_decoder_training
 
-__all__ = ["jitter_boxes", "sam_probs", "train_decoder", "load_decoder", "INFERENCE_BATCH"]
+__all__ = ["jitter_boxes", "noise_boxes", "sam_probs", "train_decoder", "load_decoder", "INFERENCE_BATCH"]
 
 INFERENCE_BATCH = 64  # boxes per decoder call at inference
 
@@ -41,6 +43,18 @@ def jitter_boxes(boxes: torch.Tensor, max_px: int, size: int, generator: torch.G
         return boxes
     shift = torch.randint(0, max_px + 1, boxes.shape, generator=generator).float()
     return (boxes + shift * torch.tensor([-1.0, -1.0, 1.0, 1.0])).clamp(0, size - 1)
+
+
+def noise_boxes(boxes: torch.Tensor, fraction: float, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Moves each side of (B,4) inclusive xyxy boxes by its own uniform random amount in
+    [-fraction, fraction] of the box's extent along that axis (so boxes shift, shrink and grow, as
+    SAM's training boxes were noised), rounded to pixels, kept inside the tile and valid."""
+    if fraction == 0 or len(boxes) == 0:
+        return boxes
+    extent = (boxes[:, 2:] - boxes[:, :2] + 1).repeat(1, 2)
+    step = (torch.rand(boxes.shape, generator=generator) * 2 - 1) * fraction * extent
+    moved = (boxes + step).round().clamp(0, size - 1)
+    return torch.cat([torch.minimum(moved[:, :2], moved[:, 2:]), torch.maximum(moved[:, :2], moved[:, 2:])], 1)
 
 
 @torch.no_grad()
@@ -115,7 +129,8 @@ def train_decoder(run: RunFolder, data: RunData, config: TrainConfig, model: Til
             if len(batch) == 0:  # no slice has a box: nothing to decode
                 continue
             index = rows[batch]
-            boxes = jitter_boxes(train_boxes[index], config.box_jitter, config.tile_size, generator)
+            boxes = noise_boxes(train_boxes[index], config.box_noise, config.tile_size, generator)
+            boxes = jitter_boxes(boxes, config.box_jitter, config.tile_size, generator)
             logits = decode(embeddings, boxes.to(device), index.to(device))
             loss = dice_bce_loss(logits, labels[index].float().to(device))
             optimizer.zero_grad(set_to_none=True)
