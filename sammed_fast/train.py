@@ -151,7 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--decoder-lr", type=float, default=d.decoder_lr)
     g.add_argument("--decoder-prompts", default=d.decoder_prompts, choices=PROMPT_KINDS,
                    help="boxes the decoder is fine-tuned and selected with: 'filtered' is the method; "
-                        "'gt', 'whole', 'unfiltered' give the paper's Table 3 ablation rows")
+                        "'gt', 'whole', 'unfiltered' give the paper's Table 3 ablation rows; "
+                        "'crossfit': filtered boxes of the training slices from segmenters that did "
+                        "not train on them (--crossfit-folds), like the boxes met at test time")
+    g.add_argument("--crossfit-folds", type=int, default=d.crossfit_folds,
+                   help="with --decoder-prompts crossfit: folds of the source training volumes (one "
+                        "extra segmenter per fold)")
     g.add_argument("--box-jitter", type=int, default=d.box_jitter,
                    help="training only: move each box side 0..N px outward")
     g.add_argument("--box-noise", type=float, default=d.box_noise,

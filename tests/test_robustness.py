@@ -355,3 +355,53 @@ def test_box_noise_is_used_in_training_and_never_at_evaluation(cache_dir, tmp_pa
 
     monkeypatch.setattr(sam_stage, "noise_boxes", refuse)
     assert evaluate(out, device="cpu", progress=False)["rows"] == results["rows"]
+
+
+# --------------------------------------------------------------------------- cross-fitting (issue 10)
+def test_crossfit_folds_partition_the_training_volumes():
+    from sammed_fast.engine.segmenter_stage import crossfit_folds
+
+    volumes = [f"v{i}" for i in range(7)]
+    folds = crossfit_folds(volumes, 3)
+    assert folds == [["v0", "v3", "v6"], ["v1", "v4"], ["v2", "v5"]]
+    with pytest.raises(ConfigError, match="only 2 volume"):
+        crossfit_folds(volumes[:2], 3)
+
+
+def test_crossfit_boxes_come_from_segmenters_that_never_saw_their_fold(cache_dir, tmp_path, monkeypatch):
+    """Records which volumes each segmenter trains on and which volumes each fold model predicts:
+    no fold is ever predicted by a model that trained on it; the decoder trains on those boxes."""
+    from sammed_fast.engine import segmenter_stage
+
+    trained_on: dict[str, set] = {}
+    original_fit = segmenter_stage._fit_segmenter
+
+    def recording_fit(run, *, name, train, **kwargs):
+        trained_on[name] = {key[1] for key in train.keys}
+        return original_fit(run, name=name, train=train, **kwargs)
+
+    predicted: dict[int, set] = {}
+    original_probs = segmenter_stage.segmenter_probs
+
+    def recording_probs(model, split, device, **kwargs):
+        if split.name.startswith("train_fold"):
+            predicted[int(split.name.removeprefix("train_fold"))] = {v.case_id for v in split.volumes}
+        return original_probs(model, split, device, **kwargs)
+
+    monkeypatch.setattr(segmenter_stage, "_fit_segmenter", recording_fit)
+    monkeypatch.setattr(segmenter_stage, "segmenter_probs", recording_probs)
+    out = train(tiny(cache_dir, tmp_path / "run", synthetic_cases=8, decoder_prompts="crossfit",
+                     crossfit_folds=2, theta1=0.5, empty_box="full"))
+    train_cases = trained_on["segmenter"]
+    assert len(train_cases) >= 4 and set(predicted) == {0, 1}
+    assert set().union(*predicted.values()) == train_cases  # every training volume gets crossfit boxes
+    for k, cases in predicted.items():
+        assert cases and not cases & trained_on[f"segmenter_fold{k}"], f"fold {k} saw its own volumes"
+        assert trained_on[f"segmenter_fold{k}"] == train_cases - cases
+    boxes = torch.load(out / "boxes" / "train.pt", weights_only=True)
+    val = torch.load(out / "boxes" / "val.pt", weights_only=True)
+    assert torch.equal(val["crossfit"], val["filtered"])  # other splits: the run's own filtered boxes
+    assert not torch.equal(boxes["crossfit"], boxes["filtered"])
+    results = json.loads((out / "results.json").read_text())
+    assert "crossfit" in results["boxes"]["train"] and "crossfit" not in results["boxes"]["val"]
+    assert results["decoder_prompts"] == "crossfit"

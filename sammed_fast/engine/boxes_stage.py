@@ -7,7 +7,9 @@ Four prompt kinds (boxes/<split>.pt holds "<kind>" (N,4) float32 and "<kind>_emp
   box of the largest component;
 - "unfiltered": box of the whole thresholded coarse mask (prob > theta1), every component;
 - "gt": box of the ground-truth label (the upper bound);
-- "whole": the whole slice.
+- "whole": the whole slice;
+- "crossfit" (only with ``decoder_prompts="crossfit"``): for the training split, filtered boxes of
+  cross-fitted probabilities (engine.segmenter_stage); for every other split, the filtered boxes.
 
 An empty box is stored as (-1,-1,-1,-1) with its flag set; what a slice without a box gets is the
 run's explicit ``empty_box`` policy, applied by :func:`prompts_for`.
@@ -61,16 +63,26 @@ def boxes_path(run: RunFolder, split: str):
     return run.path / "boxes" / f"{split}.pt"
 
 
+def _all_boxes(probs: torch.Tensor, labels: torch.Tensor, config: TrainConfig) -> dict[str, torch.Tensor]:
+    parts = [compute_boxes(probs[i:i + CHUNK], labels[i:i + CHUNK], theta1=config.theta1,
+                           downscale=config.downscale) for i in range(0, len(probs), CHUNK)]
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+
+
 def compute_split_boxes(run: RunFolder, data: RunData, probs: dict[str, torch.Tensor],
-                        config: TrainConfig) -> list[str]:
-    """Writes boxes/<split>.pt for every split from its segmenter probabilities."""
+                        config: TrainConfig, *, crossfit: torch.Tensor | None = None) -> list[str]:
+    """Writes boxes/<split>.pt for every split from its segmenter probabilities. ``crossfit``: the
+    training split's cross-fitted probabilities; they give its "crossfit" boxes (filtered the same
+    way), while every other split's "crossfit" boxes are its filtered ones, since the run's
+    segmenter never trained on those slices."""
     outputs = []
     for name, split in tqdm(data.splits.items(), desc="box prompts", unit="split",
                             disable=not config.progress):
         labels = split.slices.labels
-        parts = [compute_boxes(probs[name][i:i + CHUNK], labels[i:i + CHUNK], theta1=config.theta1,
-                               downscale=config.downscale) for i in range(0, len(split), CHUNK)]
-        boxes = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+        boxes = _all_boxes(probs[name], labels, config)
+        if crossfit is not None:
+            source = _all_boxes(crossfit, labels, config) if name == "train" else boxes
+            boxes["crossfit"], boxes["crossfit_empty"] = source["filtered"], source["filtered_empty"]
         boxes["keys"] = [list(k) for k in split.keys]
         path = boxes_path(run, name)
         save_torch_atomic(path, boxes)

@@ -29,8 +29,9 @@ class ConfigError(ValueError):
 STAGES = ("segmenter", "predict", "boxes", "decoder", "evaluate")
 SAM_CHOICES = ("compact", "vit_b", "vit_l", "vit_h")
 EMPTY_BOX_POLICIES = ("skip", "full")
-#: Box prompt kinds of the boxes stage (see engine.boxes_stage).
-PROMPT_KINDS = ("whole", "unfiltered", "filtered", "gt")
+#: Box prompt kinds of the boxes stage (see engine.boxes_stage); "crossfit" exists only in runs
+#: whose decoder trains on cross-fitted boxes (``decoder_prompts="crossfit"``).
+PROMPT_KINDS = ("whole", "unfiltered", "filtered", "gt", "crossfit")
 #: (segmenter epochs, decoder epochs) for the built-in synthetic set: sized so that the whole
 #: default run, first compact-SAM pretraining included, stays within 15 minutes on 2 CPU cores.
 SYNTHETIC_EPOCHS = (60, 40)
@@ -103,6 +104,7 @@ class TrainConfig:
     decoder_batch: int = 16
     decoder_lr: float = 1e-4
     decoder_prompts: str = "filtered"  # boxes the decoder is fine-tuned and selected with (Table 3)
+    crossfit_folds: int = 3  # decoder_prompts "crossfit": folds of the source training volumes
     box_jitter: int = 0  # training only: each box side moves 0..box_jitter px outward
     box_noise: float = 0.0  # training only: each box side moves by up to this fraction of the box's extent
     embedding_cache: str = "disk"  # "disk" (run folder, reused on resume) or "memory"
@@ -156,6 +158,8 @@ class TrainConfig:
             raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.stop_after is not None and self.stop_after not in STAGES:
             raise ConfigError(f"--stop-after must be one of {', '.join(STAGES)}, got {self.stop_after!r}")
+        if isinstance(self.crossfit_folds, bool) or not isinstance(self.crossfit_folds, int) or self.crossfit_folds < 2:
+            raise ConfigError(f"--crossfit-folds must be an integer of at least 2, got {self.crossfit_folds!r}")
         positive = ("segmenter_batch", "decoder_batch", "filter_cells", "figure_slices")
         optional_positive = ("segmenter_epochs", "decoder_epochs", "tile_size", "synthetic_cases", "downscale")
         for name in positive + optional_positive:
@@ -198,6 +202,12 @@ class TrainConfig:
             raise ConfigError("compact_pretrain_steps applies to --sam compact only")
 
     # ------------------------------------------------------------------ derived values
+    @property
+    def folds(self) -> int:
+        """Cross-fitting folds of this run: ``crossfit_folds`` when the decoder trains on
+        cross-fitted boxes, else 0 (no fold segmenters)."""
+        return self.crossfit_folds if self.decoder_prompts == "crossfit" else 0
+
     @property
     def synthetic(self) -> bool:
         return self.data is None

@@ -28,12 +28,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def epoch_generator(seed: int, stage: str, epoch: int, *, rank: int = 0) -> torch.Generator:
+def epoch_generator(seed: int, stage: str, epoch: int, *, rank: int = 0, stream: int = 0) -> torch.Generator:
     """A CPU generator for one epoch's shuffling and augmentation. Rank 0's (the default) also
     orders the epoch on every rank; rank r > 0 draws the augmentation of its own slices from a
-    stream of its own."""
+    stream of its own. ``stream`` separates models trained in one stage (cross-fitting folds)."""
     base = stage_seed(seed, stage) * 10_000 + epoch
-    return torch.Generator().manual_seed(base + rank * 2**40)
+    return torch.Generator().manual_seed(base + rank * 2**40 + stream * 2**50)
 
 
 def resolve_device(choice: str) -> torch.device:

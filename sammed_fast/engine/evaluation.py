@@ -111,6 +111,13 @@ def _volume_frame_box(box: torch.Tensor, empty: bool, tile: int, height: int, wi
     return (x0 * sx, y0 * sy, (x1 + 1) * sx - 1, (y1 + 1) * sy - 1)
 
 
+def _split_diagnostics(boxes: dict[str, torch.Tensor], *, crossfit: bool) -> dict:
+    """Diagnostics of the split's filtered and unfiltered boxes, and of the training split's
+    cross-fitted boxes when the run has them."""
+    kinds = DIAGNOSED_KINDS + (("crossfit",) if crossfit and "crossfit" in boxes else ())
+    return {kind: box_diagnostics(boxes, kind) for kind in kinds}
+
+
 def _figure_sample(split: Split, values: dict[str, torch.Tensor], boxes: dict[str, torch.Tensor],
                    config: TrainConfig) -> FigureSample:
     """The slice with the most prostate in the split's first volume, with its filtered and
@@ -181,7 +188,7 @@ def evaluate_run_data(*, run: RunFolder, data: RunData, config: TrainConfig, mod
                  for row, label in ROWS.items()},
         "theta2_sweep": {f"{t:g}": _summary(per_theta[t], data.source) for t in config.theta2_sweep},
         "boxes": {name: {"domain": split.domain,
-                         **{kind: box_diagnostics(load_boxes(run, split), kind) for kind in DIAGNOSED_KINDS}}
+                         **_split_diagnostics(load_boxes(run, split), crossfit=name == "train")}
                   for name, split in data.splits.items()},
         **(extra or {}),
     }

@@ -49,11 +49,13 @@ def fit(
     validate: Callable[[], float],
     resume: bool,
     progress: bool = True,
+    lr_option: str | None = None,
 ) -> FitResult:
     """Runs ``epochs`` epochs of ``train_epoch(epoch) -> mean loss`` (None: the epoch had nothing
     to train on), scores each with ``validate() -> score`` and leaves ``module`` holding the best
     epoch's weights (first best wins). A NaN or infinite loss or score stops the fit with
     :class:`TrainingDiverged` before that epoch's weights are saved."""
+    lr_option = lr_option or f"--{name}-lr"
     start, best_score, best_epoch, history = 0, -math.inf, -1, []
     latest = run.load_checkpoint(name, "latest") if resume else None
     if latest is not None and not run.checkpoint_path(name, "best").is_file():
@@ -79,14 +81,14 @@ def fit(
         if epoch_loss is not None and not math.isfinite(loss):
             raise TrainingDiverged(f"stage {name}, epoch {epoch + 1}/{epochs}: the training loss is "
                                    f"{loss} (training diverged); nothing of this epoch was saved. "
-                                   f"Lower --{name}-lr (now {optimizer.param_groups[0]['lr']:g})")
+                                   f"Lower {lr_option} (now {optimizer.param_groups[0]['lr']:g})")
         module.eval()
         distributed.broadcast_buffers(module)
         score = distributed.broadcast(float(validate()))
         if not math.isfinite(score):
             raise TrainingDiverged(f"stage {name}, epoch {epoch + 1}/{epochs}: the source validation "
                                    f"score is {score} (non-finite model outputs); nothing of this "
-                                   f"epoch was saved. Lower --{name}-lr")
+                                   f"epoch was saved. Lower {lr_option}")
         seconds = time.perf_counter() - began
         history.append({"epoch": epoch, "loss": loss, "score": score, "seconds": round(seconds, 3)})
         run.scalar(f"{name}/train_loss", loss, epoch)

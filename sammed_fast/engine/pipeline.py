@@ -31,8 +31,8 @@ from sammed_fast.engine.run_data import RunData, check_data, data_root, load_run
 from sammed_fast.engine.run_folder import MARKER, RunFolder, is_run_folder
 from sammed_fast.engine.sam_model import base_checkpoint, build_run_sam, check_sam, weights_fingerprint
 from sammed_fast.engine.sam_stage import load_decoder, train_decoder
-from sammed_fast.engine.segmenter_stage import (build_run_segmenter, load_predictions, load_segmenter,
-                                                predict_splits, train_segmenter)
+from sammed_fast.engine.segmenter_stage import (CROSSFIT, build_run_segmenter, load_predictions,
+                                                load_segmenter, predict_splits, train_segmenter)
 from sammed_fast.sam import TiledSam
 
 __all__ = ["preflight", "run_pipeline", "evaluate_run"]
@@ -126,14 +126,16 @@ def _run_stage(stage: str, run: RunFolder, data: RunData, config: TrainConfig, s
     device = sam.device
     if stage == "segmenter":
         _, fitted = train_segmenter(run, data, config, device, resume=may_resume)
-        return ["checkpoints/segmenter_best.pt"], _fit_info(fitted)
+        folds = [f"checkpoints/segmenter_fold{k}_best.pt" for k in range(config.folds)]
+        return ["checkpoints/segmenter_best.pt", *folds], _fit_info(fitted)
     if stage == "predict":
         model = load_segmenter(run, config, device)
-        return predict_splits(run, data, model, device, progress=config.progress), {}
+        return predict_splits(run, data, model, device, config=config, progress=config.progress), {}
     if stage == "boxes":  # cheap: rank 0 alone
         def boxes() -> list[str]:
             probs = {name: load_predictions(run, split) for name, split in data.splits.items()}
-            return compute_split_boxes(run, data, probs, config)
+            crossfit = load_predictions(run, data.splits["train"], name=CROSSFIT) if config.folds else None
+            return compute_split_boxes(run, data, probs, config, crossfit=crossfit)
 
         return distributed.main_only(boxes), {}
     if stage == "decoder":

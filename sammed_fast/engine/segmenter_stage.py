@@ -6,6 +6,11 @@ probabilities for every slice of every split are stored in ``predictions/<split>
 Under torchrun the segmenter trains in DistributedDataParallel, each rank on its share of every
 epoch's batches (``segmenter_batch`` slices per rank per step), and the probabilities are computed
 in shards of whole inference batches, gathered on every rank; rank 0 writes the files.
+
+Cross-fitting (``decoder_prompts="crossfit"``): the training volumes are dealt into folds and one
+more segmenter is trained per fold on the other folds; each fold's slices are then predicted by the
+segmenter that never saw them (``predictions/train_crossfit.pt``), which gives the decoder training
+boxes as imperfect as the ones it meets at test time, from source data only.
 """
 from __future__ import annotations
 
@@ -18,17 +23,21 @@ from sammed_fast.engine.config import ConfigError, TrainConfig
 from sammed_fast.engine.determinism import epoch_generator, seed_everything, stage_seed
 from sammed_fast.engine.fitting import FitResult, fit
 from sammed_fast.engine.losses import dice_bce_loss
+from sammed_fast.data import SliceDataset, Volume
 from sammed_fast.engine.run_data import RunData, Split
 from sammed_fast.engine.run_folder import RunFolder, load_torch
 from sammed_fast.engine.scoring import mean_volume_dice
 from sammed_fast.models import Segmenter, build_segmenter
 
-__all__ = ["SEGMENTER_THRESHOLD", "build_run_segmenter", "shuffled_batches", "segmenter_probs",
-           "train_segmenter", "load_segmenter", "predict_splits", "load_predictions"]
+__all__ = ["SEGMENTER_THRESHOLD", "CROSSFIT", "build_run_segmenter", "shuffled_batches", "segmenter_probs",
+           "train_segmenter", "crossfit_folds", "crossfit_probs", "load_segmenter", "predict_splits",
+           "load_predictions"]
 
 #: Threshold of the "segmenter alone" row (the box filter uses theta1 instead).
 SEGMENTER_THRESHOLD = 0.5
 INFERENCE_BATCH = 64
+#: The predictions file of the training split's cross-fitted probabilities.
+CROSSFIT = "train_crossfit"
 
 
 def build_run_segmenter(config: TrainConfig) -> Segmenter:
@@ -76,17 +85,16 @@ def segmenter_probs(model: Segmenter, split: Split, device: torch.device, *, pro
     return torch.cat(out) if out else torch.zeros(0, t, t)
 
 
-def train_segmenter(run: RunFolder, data: RunData, config: TrainConfig, device: torch.device, *,
-                    resume: bool) -> tuple[Segmenter, FitResult]:
-    """Trains and selects the segmenter; leaves the best weights in checkpoints/segmenter_best.pt."""
-    seed_everything(stage_seed(config.seed, "segmenter"))
+def _fit_segmenter(run: RunFolder, *, name: str, train: SliceDataset, val: Split, config: TrainConfig,
+                   device: torch.device, resume: bool, stream: int) -> tuple[Segmenter, FitResult]:
+    """Trains one segmenter on ``train``, selected on ``val``; checkpoints under ``name``."""
+    seed_everything(stage_seed(config.seed, "segmenter") + stream)
     model = build_run_segmenter(config).to(device)
     trained = distributed.wrap(model, device)  # the model itself for one process
     optimizer = torch.optim.Adam(model.parameters(), lr=config.segmenter_lr)
-    train, val = data.splits["train"].slices, data.splits["val"]
 
     def train_epoch(epoch: int) -> float | None:
-        generator = epoch_generator(config.seed, "segmenter", epoch)
+        generator = epoch_generator(config.seed, "segmenter", epoch, stream=stream)
         total, count = 0.0, 0
         for index in shuffled_batches(len(train), config.segmenter_batch, generator):
             images = train.images[index].to(device)
@@ -101,10 +109,58 @@ def train_segmenter(run: RunFolder, data: RunData, config: TrainConfig, device: 
     def validate() -> float:
         return mean_volume_dice(val, segmenter_probs(model, val, device), threshold=SEGMENTER_THRESHOLD)
 
-    result = fit(run=run, name="segmenter", module=model, optimizer=optimizer,
-                 epochs=config.segmenter_epochs, train_epoch=train_epoch, validate=validate,
-                 resume=resume, progress=config.progress)
+    result = fit(run=run, name=name, module=model, optimizer=optimizer, epochs=config.segmenter_epochs,
+                 train_epoch=train_epoch, validate=validate, resume=resume, progress=config.progress,
+                 lr_option="--segmenter-lr")
     return model, result
+
+
+def crossfit_folds(volumes: list[Volume], folds: int) -> list[list[Volume]]:
+    """The source training volumes dealt into ``folds`` folds in their sorted order (volume i to
+    fold i % folds); each needs at least one volume."""
+    if len(volumes) < folds:
+        raise ConfigError(f"--crossfit-folds {folds}: the source training split has only "
+                          f"{len(volumes)} volume(s); use fewer folds")
+    return [volumes[k::folds] for k in range(folds)]
+
+
+def fold_name(k: int) -> str:
+    return f"segmenter_fold{k}"
+
+
+def train_segmenter(run: RunFolder, data: RunData, config: TrainConfig, device: torch.device, *,
+                    resume: bool) -> tuple[Segmenter, FitResult]:
+    """Trains and selects the segmenter; leaves the best weights in checkpoints/segmenter_best.pt.
+    For cross-fitted decoder prompts (``config.folds`` > 0) it then trains one segmenter per fold
+    of the training volumes on the other folds (``checkpoints/segmenter_fold<k>_best.pt``), so that
+    each fold's boxes come from a model that never saw it."""
+    train, val = data.splits["train"], data.splits["val"]
+    model, result = _fit_segmenter(run, name="segmenter", train=train.slices, val=val, config=config,
+                                   device=device, resume=resume, stream=0)
+    if config.folds:
+        folds = crossfit_folds(train.volumes, config.folds)
+        for k in range(config.folds):
+            others = [v for j, fold in enumerate(folds) if j != k for v in fold]
+            _fit_segmenter(run, name=fold_name(k), train=SliceDataset(others, tile_size=config.tile_size),
+                           val=val, config=config, device=device, resume=resume, stream=k + 1)
+    return model, result
+
+
+def crossfit_probs(run: RunFolder, data: RunData, config: TrainConfig, device: torch.device, *,
+                   progress: bool = False) -> torch.Tensor:
+    """Cross-fitted probabilities of the source training split, float32 (N,t,t) in its slice order:
+    each fold's slices predicted by the segmenter that did not train on that fold."""
+    train = data.splits["train"]
+    folds = crossfit_folds(train.volumes, config.folds)
+    out = torch.zeros(len(train), config.tile_size, config.tile_size)
+    for k, fold in enumerate(folds):
+        model = build_segmenter(config.segmenter)
+        run.load_best_weights(fold_name(k), model)
+        part = Split(name=f"train_fold{k}", domain=train.domain, volumes=fold,
+                     slices=SliceDataset(fold, tile_size=config.tile_size))
+        rows = torch.tensor([train.keys.index(key) for key in part.keys], dtype=torch.long)
+        out[rows] = segmenter_probs(model.to(device).eval(), part, device, progress=progress)
+    return out
 
 
 def load_segmenter(run: RunFolder, config: TrainConfig, device: torch.device) -> Segmenter:
@@ -119,23 +175,30 @@ def predictions_path(run: RunFolder, split: str):
 
 
 def predict_splits(run: RunFolder, data: RunData, model: Segmenter, device: torch.device, *,
-                   progress: bool = True) -> list[str]:
-    """Writes predictions/<split>.pt for every split (rank 0); returns their paths relative to the
-    run."""
+                   config: TrainConfig, progress: bool = True) -> list[str]:
+    """Writes predictions/<split>.pt for every split (rank 0), and with cross-fitting the training
+    split's cross-fitted predictions (``predictions/train_crossfit.pt``); returns their paths
+    relative to the run."""
     outputs = []
-    for name, split in tqdm(data.splits.items(), desc="segmenter predictions", unit="split",
-                            disable=not progress):
-        probs = segmenter_probs(model, split, device, progress=progress)
+
+    def save(name: str, split: Split, probs: torch.Tensor) -> None:
         path = predictions_path(run, name)
         if run.writes:
             save_torch_atomic(path, {"probs": probs.half(), "keys": [list(k) for k in split.keys]})
         outputs.append(str(path.relative_to(run.path)))
+
+    for name, split in tqdm(data.splits.items(), desc="segmenter predictions", unit="split",
+                            disable=not progress):
+        save(name, split, segmenter_probs(model, split, device, progress=progress))
+    if config.folds:
+        save(CROSSFIT, data.splits["train"], crossfit_probs(run, data, config, device, progress=progress))
     return outputs
 
 
-def load_predictions(run: RunFolder, split: Split) -> torch.Tensor:
-    """float32 (N,t,t) probabilities of ``split``; checks that they belong to its slices."""
-    path = predictions_path(run, split.name)
+def load_predictions(run: RunFolder, split: Split, *, name: str | None = None) -> torch.Tensor:
+    """float32 (N,t,t) probabilities of ``split`` (``name``: another file of its slices, e.g. the
+    cross-fitted ``train_crossfit``); checks that they belong to its slices."""
+    path = predictions_path(run, name or split.name)
     stored = load_torch(path)
     if [tuple(k) for k in stored["keys"]] != list(split.keys):
         raise ConfigError(f"{path} was computed for other slices than split {split.name} has now; "
