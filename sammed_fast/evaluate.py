@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
-        results = evaluate(args.run, device=args.device, progress=not args.no_progress)
+        results = evaluate(args.run, device=args.device, progress=not args.no_progress and sys.stderr.isatty())
     except ConfigError as error:
         if not distributed.is_main():  # rank 0 prints the message for every rank
             raise SystemExit(2) from None

@@ -360,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         written = predict(run=args.run, inputs=args.input, output=args.output, overlays=args.overlays,
-                          device=args.device, batch=args.batch, progress=not args.no_progress)
+                          device=args.device, batch=args.batch, progress=not args.no_progress and sys.stderr.isatty())
     except PredictionFailed as error:
         print(f"{len(error.written)} mask(s) written; {len(error.failed)} input(s) failed:",
               file=sys.stderr)

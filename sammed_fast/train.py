@@ -181,14 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads; 0 = auto: 1 when training on the CPU (small models gain "
                         "little from more, and lose badly on a shared machine), torch's default on a GPU")
     g.add_argument("--stop-after", default=None, choices=STAGES, help="stop after this stage")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (they are off anyway when stderr is not a terminal: a "
+                        "redirected run logs one line per stage and per epoch instead)")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
-    values["progress"] = not args.no_progress
+    values["progress"] = not args.no_progress and sys.stderr.isatty()
     return TrainConfig(**values)
 
 

@@ -405,3 +405,20 @@ def test_crossfit_boxes_come_from_segmenters_that_never_saw_their_fold(cache_dir
     results = json.loads((out / "results.json").read_text())
     assert "crossfit" in results["boxes"]["train"] and "crossfit" not in results["boxes"]["val"]
     assert results["decoder_prompts"] == "crossfit"
+
+
+# --------------------------------------------------------------------------- a redirected log
+def test_a_redirected_run_logs_lines_not_progress_bars(cache_dir, tmp_path):
+    """stderr to a file: no carriage-return progress bars, one line per epoch instead."""
+    train(tiny(cache_dir, tmp_path / "warm", stop_after="segmenter"))  # the synthetic set exists
+    log = tmp_path / "log.txt"
+    with open(log, "w") as handle:
+        subprocess.run([sys.executable, "-m", "sammed_fast.train", "--out", str(tmp_path / "run"),
+                        "--cache-dir", str(cache_dir), "--synthetic-cases", "3", "--targets", "B",
+                        "--tile-size", "32", "--segmenter-epochs", "3", "--stop-after", "segmenter",
+                        "--compact-pretrain-steps", "0", "--threads", "1"],
+                       stdout=handle, stderr=subprocess.STDOUT, check=True, timeout=300)
+    text = log.read_text()
+    assert "\r" not in text
+    assert [line for line in text.splitlines() if line.startswith("segmenter epoch")] == [
+        line for line in text.splitlines() if "segmenter epoch" in line] and text.count("segmenter epoch") == 3

@@ -94,7 +94,7 @@ def fit(
         run.scalar(f"{name}/train_loss", loss, epoch)
         run.scalar(f"{name}/val_dice", score, epoch)
         run.log(f"{name} epoch {epoch + 1}/{epochs}: loss {loss:.4f}, source val Dice {score:.4f}",
-                echo=False)
+                echo=not progress)  # without a progress bar, one console line per epoch
         if score > best_score:
             best_score, best_epoch = score, epoch
             run.save_checkpoint(name, "best", {"model": module.state_dict(), "epoch": epoch,
