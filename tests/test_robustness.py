@@ -422,3 +422,19 @@ def test_a_redirected_run_logs_lines_not_progress_bars(cache_dir, tmp_path):
     assert "\r" not in text
     assert [line for line in text.splitlines() if line.startswith("segmenter epoch")] == [
         line for line in text.splitlines() if "segmenter epoch" in line] and text.count("segmenter epoch") == 3
+
+
+def test_real_data_with_the_cpu_segmenter_says_so(tmp_path):
+    config = TrainConfig(data=tmp_path, device="cpu").resolved()
+    assert config.segmenter == "resnet18_lite"
+    [note] = config.notes()
+    assert "resnet18_lite, not the paper's deeplabv3_resnet50" in note
+    assert TrainConfig(data=tmp_path, device="cpu", segmenter="deeplabv3_resnet50").resolved().notes() == []
+    assert TrainConfig(device="cpu").resolved().notes() == []  # the synthetic set: no paper to match
+
+    from sammed_fast.engine.report import results_markdown
+
+    results = {"source": "A", "targets": ["B"], "columns": ["A", "B"], "sam": "compact", "tile_size": 64,
+               "segmenter": "resnet18_lite", "theta1": 0.75, "downscale": 1, "theta2": 0.5, "empty_box": "skip",
+               "seed": 0, "notes": [note], "rows": {}, "theta2_sweep": {}}
+    assert f"**Note:** {note}." in results_markdown(results)

@@ -208,6 +208,15 @@ class TrainConfig:
         cross-fitted boxes, else 0 (no fold segmenters)."""
         return self.crossfit_folds if self.decoder_prompts == "crossfit" else 0
 
+    def notes(self) -> list[str]:
+        """Departures from the paper's recipe that a reader of the results must know about (for
+        the resolved config; printed at the start of a run and written into results.md)."""
+        notes = []
+        if self.data is not None and self.segmenter is not None and self.segmenter != GPU_SEGMENTER:
+            notes.append(f"the segmenter is {self.segmenter}, not the paper's {GPU_SEGMENTER} (the "
+                         f"default on a CPU; pass --segmenter {GPU_SEGMENTER} to use the paper's)")
+        return notes
+
     @property
     def synthetic(self) -> bool:
         return self.data is None

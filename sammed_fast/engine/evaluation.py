@@ -182,6 +182,7 @@ def evaluate_run_data(*, run: RunFolder, data: RunData, config: TrainConfig, mod
         "filter_cells": config.filter_cells,
         "empty_box": config.empty_box, "decoder_prompts": config.decoder_prompts,
         "training_box_noise": config.box_noise, "training_box_jitter": config.box_jitter,
+        "notes": config.notes(),
         "tile_size": config.tile_size, "sam": config.sam,
         "segmenter": config.segmenter, "seed": config.seed,
         "rows": {row: {"label": label, **_summary(per_row[row], data.source)}

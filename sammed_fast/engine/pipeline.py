@@ -172,6 +172,8 @@ def _run_pipeline(config: TrainConfig) -> Path:
                 f"{len(data.splits['val'].volumes)}, test {len(data.splits['test'].volumes)} volumes), "
                 f"targets {', '.join(data.targets)}; device {device}; tile {config.tile_size}"
                 + (f"; {processes} processes (torchrun)" if processes > 1 else ""))
+        for note in config.notes():
+            run.log(f"note: {note}")
         sam = _Sam(run=run, config=config, data=data, device=device)
         may_skip = config.resume
         for stage in STAGES:

@@ -77,6 +77,7 @@ def results_markdown(results: dict) -> str:
         f"theta2 {results['theta2']}, empty-box policy '{results['empty_box']}', seed {results['seed']}; "
         f"the decoder was fine-tuned with {results.get('decoder_prompts', 'filtered')} boxes.",
     ]
+    lines += [f"**Note:** {note}." for note in results.get("notes", [])]
     for name, info in selection.items():
         lines.append(f"{name} selected on source val: epoch {info['best_epoch'] + 1}, "
                      f"val Dice {_pct(info['val_dice'])}.")
