@@ -22,7 +22,7 @@ from typing import Sequence
 
 from sammed_fast.data.prostate import DOMAINS
 from sammed_fast.engine import distributed
-from sammed_fast.engine.config import PROMPT_KINDS, SAM_CHOICES, STAGES, ConfigError, TrainConfig
+from sammed_fast.engine.config import PROMPT_KINDS, SAM_CHOICES, SAM_SCALINGS, STAGES, ConfigError, TrainConfig
 from sammed_fast.engine.determinism import resolve_device
 from sammed_fast.engine.pipeline import preflight, run_pipeline
 from sammed_fast.engine.report import write_all_sources, write_seeds_summary
@@ -145,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'compact' is a small stand-in pretrained on procedural shapes; real "
                         "conclusions need vit_b/l/h with --sam-checkpoint")
     g.add_argument("--sam-checkpoint", type=Path, default=None, help="SAM state dict (.pth)")
+    g.add_argument("--sam-scaling", default=None, choices=SAM_SCALINGS,
+                   help="how slices are scaled for the image encoder: 'sam' (SAM's pixel mean/std; the "
+                        "published SAM checkpoints) or 'medsam' (each slice min-max scaled to 0..1; "
+                        "MedSAM's vit_b checkpoint). Default sam; a checkpoint named like MedSAM's "
+                        "must say which")
     g.add_argument("--decoder-epochs", type=int, default=None,
                    help="default: 40 on the synthetic set, 200 on real data")
     g.add_argument("--decoder-batch", type=int, default=d.decoder_batch)

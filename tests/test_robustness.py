@@ -436,5 +436,41 @@ def test_real_data_with_the_cpu_segmenter_says_so(tmp_path):
 
     results = {"source": "A", "targets": ["B"], "columns": ["A", "B"], "sam": "compact", "tile_size": 64,
                "segmenter": "resnet18_lite", "theta1": 0.75, "downscale": 1, "theta2": 0.5, "empty_box": "skip",
-               "seed": 0, "notes": [note], "rows": {}, "theta2_sweep": {}}
+               "seed": 0, "notes": [note], "rows": {}, "theta2_sweep": {}, "sam_scaling": "medsam"}
     assert f"**Note:** {note}." in results_markdown(results)
+    assert "SAM: compact with medsam input scaling" in results_markdown(results)
+
+
+# --------------------------------------------------------------------------- MedSAM scaling (issue 12)
+def test_medsam_scaling_is_each_slice_min_max_scaled_to_0_1():
+    """By hand: MedSAM's input is the slice min-max scaled to 0..1 in every channel; SAM's is the
+    0..255 slice minus SAM's mean over SAM's std."""
+    from sammed_fast.sam import TiledSam
+    from sammed_fast.sam.registry import compact_config, sam_from_config
+
+    sam = sam_from_config(compact_config(64))
+    rng = np.random.default_rng(0)
+    slices = torch.from_numpy(rng.normal(size=(5, 1, 32, 32)).astype(np.float32))
+    medsam = TiledSam(sam=sam, tile_size=32, input_scaling="medsam").canvases(slices)
+    plain = TiledSam(sam=sam, tile_size=32).canvases(slices)
+    mean, std = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375])
+    for k in range(5):
+        x = slices[k, 0].double().numpy()
+        unit = (x - x.min()) / (x.max() - x.min())
+        canvas, row, col = k // 4, (k % 4) // 2, k % 2
+        tile = (slice(row * 32, row * 32 + 32), slice(col * 32, col * 32 + 32))
+        for c in range(3):
+            np.testing.assert_allclose(medsam[canvas, c][tile].numpy(), unit, atol=1e-6)
+            np.testing.assert_allclose(plain[canvas, c][tile].numpy(), (unit * 255 - mean[c]) / std[c], atol=1e-4)
+    with pytest.raises(ValueError, match="input_scaling"):
+        TiledSam(sam=sam, tile_size=32, input_scaling="imagenet")
+
+
+def test_a_medsam_checkpoint_needs_an_explicit_scaling(tmp_path, capsys):
+    path = tmp_path / "medsam_vit_b.pth"
+    with pytest.raises(ConfigError, match="looks like a MedSAM checkpoint.*--sam-scaling medsam"):
+        TrainConfig(sam="vit_b", sam_checkpoint=path)
+    assert TrainConfig(sam="vit_b", sam_checkpoint=path, sam_scaling="medsam").resolved().sam_scaling == "medsam"
+    assert TrainConfig().resolved().sam_scaling == "sam"
+    err = cli_error(capsys, train_main, ["--sam-scaling", "imagenet", "--out", str(tmp_path / "run")])
+    assert "--sam-scaling: invalid choice" in err

@@ -28,6 +28,7 @@ class ConfigError(ValueError):
 #: The stages of one run, in order; ``stop_after`` and the resume state use these names.
 STAGES = ("segmenter", "predict", "boxes", "decoder", "evaluate")
 SAM_CHOICES = ("compact", "vit_b", "vit_l", "vit_h")
+SAM_SCALINGS = ("sam", "medsam")
 EMPTY_BOX_POLICIES = ("skip", "full")
 #: Box prompt kinds of the boxes stage (see engine.boxes_stage); "crossfit" exists only in runs
 #: whose decoder trains on cross-fitted boxes (``decoder_prompts="crossfit"``).
@@ -99,6 +100,7 @@ class TrainConfig:
     # stage 3/4: SAM
     sam: str = "compact"
     sam_checkpoint: Path | None = None
+    sam_scaling: str | None = None  # "sam" or "medsam" input scaling (sam.tiled.INPUT_SCALINGS); None -> "sam"
     compact_pretrain_steps: int | None = None  # None -> the cached pretrained compact SAM; 0 -> random
     decoder_epochs: int | None = None
     decoder_batch: int = 16
@@ -150,6 +152,14 @@ class TrainConfig:
             raise ConfigError(f"--empty-box must be one of {EMPTY_BOX_POLICIES}, got {self.empty_box!r}")
         if self.decoder_prompts not in PROMPT_KINDS:
             raise ConfigError(f"--decoder-prompts must be one of {PROMPT_KINDS}, got {self.decoder_prompts!r}")
+        if self.sam_scaling is not None and self.sam_scaling not in SAM_SCALINGS:
+            raise ConfigError(f"--sam-scaling must be one of {SAM_SCALINGS}, got {self.sam_scaling!r}")
+        if (self.sam_checkpoint is not None and self.sam_scaling is None
+                and "medsam" in Path(self.sam_checkpoint).name.lower()):
+            # Right architecture, wrong scaling would be a silent error: the user must choose.
+            raise ConfigError(f"--sam-checkpoint {self.sam_checkpoint} looks like a MedSAM checkpoint, "
+                              "which expects each slice min-max scaled to 0..1 without SAM's mean/std: "
+                              "say which input scaling to use, --sam-scaling medsam (or sam)")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.embedding_cache not in ("disk", "memory"):
@@ -243,6 +253,7 @@ class TrainConfig:
             segmenter=segmenter,
             tile_size=tile_size,
             downscale=self.downscale or filter_downscale(tile_size, self.filter_cells),
+            sam_scaling=self.sam_scaling or "sam",
             segmenter_epochs=self.segmenter_epochs or seg_epochs,
             decoder_epochs=self.decoder_epochs or dec_epochs,
             targets=None if self.all_sources else self.target_domains,

@@ -183,7 +183,7 @@ def evaluate_run_data(*, run: RunFolder, data: RunData, config: TrainConfig, mod
         "empty_box": config.empty_box, "decoder_prompts": config.decoder_prompts,
         "training_box_noise": config.box_noise, "training_box_jitter": config.box_jitter,
         "notes": config.notes(),
-        "tile_size": config.tile_size, "sam": config.sam,
+        "tile_size": config.tile_size, "sam": config.sam, "sam_scaling": config.sam_scaling,
         "segmenter": config.segmenter, "seed": config.seed,
         "rows": {row: {"label": label, **_summary(per_row[row], data.source)}
                  for row, label in ROWS.items()},

@@ -72,7 +72,8 @@ def results_markdown(results: dict) -> str:
     lines = [
         f"# sammed_fast results: source domain {src}, targets {', '.join(results['targets'])}",
         "",
-        f"SAM: {results['sam']}, tile {results['tile_size']} px (2x2 canvas), segmenter "
+        f"SAM: {results['sam']} with {results.get('sam_scaling', 'sam')} input scaling, tile "
+        f"{results['tile_size']} px (2x2 canvas), segmenter "
         f"{results['segmenter']}, theta1 {results['theta1']}, downscale {results['downscale']}, "
         f"theta2 {results['theta2']}, empty-box policy '{results['empty_box']}', seed {results['seed']}; "
         f"the decoder was fine-tuned with {results.get('decoder_prompts', 'filtered')} boxes.",

@@ -93,7 +93,7 @@ def build_run_sam(checkpoint: Path, config: TrainConfig, device: torch.device, *
     try:
         sam = build_sam(config.sam, checkpoint=checkpoint, canvas_size=GRID * config.tile_size)
         model = TiledSam(sam=sam, tile_size=config.tile_size, grid=GRID,
-                         encoder_precision=config.precision)
+                         encoder_precision=config.precision, input_scaling=config.sam_scaling)
     except (FileNotFoundError, ValueError) as error:
         if config.sam_checkpoint is not None:
             raise ConfigError(f"--sam-checkpoint: {error}") from error

@@ -19,6 +19,7 @@ from segment_anything.modeling import MaskDecoder, Sam
 from torch import nn
 
 from sammed_fast import ops
+from sammed_fast.ops import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 
 MODES = ("merge", "resize")
 PRECISIONS = ("bf16", "fp32")
@@ -58,6 +59,16 @@ def decode_per_box(
     return masks, iou
 
 
+#: How a slice, min-max scaled to 0..255, is normalised for the image encoder, as (pixel_mean,
+#: pixel_std) on that scale: "sam" subtracts SAM's per-channel mean and divides by its std (the
+#: published SAM checkpoints); "medsam" gives the slice min-max scaled to 0..1 (MedSAM's
+#: checkpoint was trained so, without SAM's mean and std).
+INPUT_SCALINGS = {
+    "sam": (SAM_PIXEL_MEAN, SAM_PIXEL_STD),
+    "medsam": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),
+}
+
+
 class TiledSam(nn.Module):
     """A SAM that segments slices through grid x grid merged canvases (see module docs).
 
@@ -65,6 +76,7 @@ class TiledSam(nn.Module):
     (mode "merge": grid * tile_size must equal the SAM input size). trainable_encoder: run the
     image encoder with gradients (pretraining only); otherwise it runs frozen under no_grad, in
     bf16 autocast on CUDA unless encoder_precision is "fp32" (the CPU always runs float32).
+    input_scaling: "sam" or "medsam", see INPUT_SCALINGS (it must match the checkpoint).
     """
 
     def __init__(
@@ -76,6 +88,7 @@ class TiledSam(nn.Module):
         mode: str = "merge",
         trainable_encoder: bool = False,
         encoder_precision: str = "bf16",
+        input_scaling: str = "sam",
     ) -> None:
         super().__init__()
         if not isinstance(sam, Sam):
@@ -84,6 +97,8 @@ class TiledSam(nn.Module):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if encoder_precision not in PRECISIONS:
             raise ValueError(f"encoder_precision must be one of {PRECISIONS}, got {encoder_precision!r}")
+        if input_scaling not in INPUT_SCALINGS:
+            raise ValueError(f"input_scaling must be one of {tuple(INPUT_SCALINGS)}, got {input_scaling!r}")
         for name, value in (("tile_size", tile_size), ("grid", grid)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -103,8 +118,12 @@ class TiledSam(nn.Module):
         self.trainable_encoder = trainable_encoder
         self.encoder_precision = encoder_precision
         self.canvas_size = canvas
-        self.pixel_mean = tuple(float(v) for v in sam.pixel_mean.flatten())
-        self.pixel_std = tuple(float(v) for v in sam.pixel_std.flatten())
+        self.input_scaling = input_scaling
+        if input_scaling == "sam":  # the model's own constants (SAM's, for every registry variant)
+            self.pixel_mean = tuple(float(v) for v in sam.pixel_mean.flatten())
+            self.pixel_std = tuple(float(v) for v in sam.pixel_std.flatten())
+        else:
+            self.pixel_mean, self.pixel_std = INPUT_SCALINGS[input_scaling]
         self._decode_per_box = decode_per_box
 
     def compile_parts(self, *, backend: str = "inductor") -> "TiledSam":
