@@ -16,7 +16,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-__all__ = ["dice", "dice_per_volume", "dice_per_slice", "DomainSummary", "summarise"]
+__all__ = ["dice", "dice_per_volume", "dice_per_slice", "dice_per_mosaic", "DomainSummary", "summarise"]
 
 
 def _as_bool(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -67,6 +67,23 @@ def dice_per_slice(pred: torch.Tensor, target: torch.Tensor, *,
     if pred.ndim == 3:
         return dice(pred, target, both_empty=both_empty)
     raise ValueError(f"pred must be (N, H, W) or (N, 1, H, W), got {tuple(pred.shape)}")
+
+
+def dice_per_mosaic(pred: torch.Tensor, target: torch.Tensor, *, tiles: int = 4) -> torch.Tensor:
+    """The paper's own 2D metric: Dice over each mosaic of ``tiles`` consecutive slices (the 2x2
+    SAM canvas, slices 4m..4m+3), (N, H, W) or (N, 1, H, W) -> (ceil(N/tiles),) float64. A mosaic
+    whose prediction and truth are both empty scores NaN (leave it out when averaging)."""
+    _check_tensor(pred, "pred"), _check_tensor(target, "target")
+    if pred.ndim not in (3, 4) or (pred.ndim == 4 and pred.shape[1] != 1):
+        raise ValueError(f"pred must be (N, H, W) or (N, 1, H, W), got {tuple(pred.shape)}")
+    if isinstance(tiles, bool) or not isinstance(tiles, int) or tiles < 1:
+        raise ValueError(f"tiles must be a positive int, got {tiles!r}")
+    n = pred.shape[0]
+    pad = -n % tiles
+    p = torch.cat([_as_bool(pred, "pred").reshape(n, -1), torch.zeros(pad, pred[0].numel(), dtype=torch.bool)])
+    t = torch.cat([_as_bool(target, "target").reshape(n, -1), torch.zeros(pad, pred[0].numel(), dtype=torch.bool)])
+    return dice(p.reshape(-1, tiles * pred[0].numel()), t.reshape(-1, tiles * pred[0].numel()),
+                both_empty=math.nan)
 
 
 def _check_tensor(x, name: str) -> None:

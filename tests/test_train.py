@@ -433,3 +433,24 @@ def test_config_checks_are_keyword_only_and_typed():
     assert config.targets == ("C", "D") and config.tile_size == 64
     assert dataclasses.replace(config, sam="vit_b", tile_size=None).resolved().tile_size == 512
     assert not math.isnan(config.theta2)
+
+
+def test_the_mosaic_dice_of_a_run_equals_numpy_on_its_stored_predictions(full_run):
+    """results.json's dice_mosaic of the segmenter row, recomputed from predictions/<split>.pt and
+    the tile-size labels by numpy, mosaic = 4 consecutive slices of the split."""
+    from sammed_fast.engine.run_data import data_root, load_run_data
+
+    path, results = full_run
+    config = TrainConfig.read(path / "config.json")
+    data = load_run_data(config, data_root(config, progress=False), progress=False)
+    for split, domain in (("test", "A"), ("B", "B"), ("C", "C")):
+        probs = torch.load(path / "predictions" / f"{split}.pt", weights_only=True)["probs"].float().numpy()
+        labels = data.splits[split].slices.labels[:, 0].numpy() > 0
+        scores = []
+        for start in range(0, len(probs), 4):
+            p, t = probs[start:start + 4] > 0.5, labels[start:start + 4]
+            if p.sum() + t.sum():
+                scores.append(2.0 * np.logical_and(p, t).sum() / (p.sum() + t.sum()))
+        expected = float(np.mean(scores)) if scores else None
+        got = results["rows"]["segmenter"]["dice_mosaic"].get(domain)
+        assert got == pytest.approx(expected), split

@@ -86,6 +86,9 @@ def results_markdown(results: dict) -> str:
               "## Dice per 2D slice (%), pooled over each domain's slices where truth or "
               "prediction has prostate", "",
               results_table(results, "dice2d"), "",
+              *(["## Dice per 2x2 mosaic (%), the paper's own metric (secondary; not comparable "
+                 "to the 3D Dice)", "", results_table(results, "dice_mosaic"), ""]
+                if all("dice_mosaic" in e for e in results["rows"].values()) else []),
               "## theta2 sweep of SAM + filtered boxes (Dice per 3D volume, %)", "",
               _sweep_table(results), ""]
     if "boxes" in results:
