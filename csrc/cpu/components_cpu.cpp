@@ -67,6 +67,16 @@ inline int count_trailing_zeros(uint64_t word) {
 #define SAMMED_FAST_POPCNT_DISPATCH 0
 #endif
 
+#if SAMMED_FAST_POPCNT_DISPATCH
+bool cpu_has_popcnt() {
+  static const bool has = [] {
+    __builtin_cpu_init();  // needed before __builtin_cpu_supports outside the main program
+    return __builtin_cpu_supports("popcnt") != 0;
+  }();
+  return has;
+}
+#endif
+
 // kBuiltin: __builtin_popcountll (an instruction where the target has one), else bit tricks.
 template <bool kBuiltin>
 SAMMED_FAST_ALWAYS_INLINE int popcount(uint64_t x) {
@@ -477,7 +487,7 @@ class BitLabeller {
   std::vector<uint64_t> bits_;
   std::vector<WordIndex> index_;
 #if SAMMED_FAST_POPCNT_DISPATCH
-  bool has_popcnt_ = __builtin_cpu_supports("popcnt");
+  bool has_popcnt_ = cpu_has_popcnt();
 #endif
 };
 
