@@ -137,6 +137,55 @@ ADVERSARIAL = {
 }
 
 
+def diagonal_bridges(H: int, W: int, period: int = 7) -> np.ndarray:
+    """Rows alternate between runs at columns [0,2) and [4,6) of every period and runs at [2,4):
+    each lower run touches two upper runs, both only through a diagonal (one component per bridge
+    chain in 8-connectivity, none joined in 4). The phase moves by one column every two rows, so
+    the contacts fall on every column, word boundaries (multiples of 64) included."""
+    ys, xs = np.mgrid[:H, :W]
+    phase = (xs + ys // 2) % period
+    return np.where(ys % 2 == 0, (phase < 2) | ((phase >= 4) & (phase < 6)), (phase >= 2) & (phase < 4))
+
+
+def word_edges(H: int, W: int, seed: int) -> np.ndarray:
+    """Noise whose runs start, end and touch diagonally at both sides of every 64-column word
+    boundary and at both row ends."""
+    mask = np.random.default_rng(seed).random((H, W)) < 0.5
+    for x in (*range(63, W, 64), 0, W - 1):
+        mask[::3, max(x - 1, 0) : x + 2] = True  # a run across the boundary
+        mask[1::3, x] = False
+        mask[2::3, x] = ~mask[2::3, max(x - 1, 0)]  # contacts at the boundary only diagonally
+    return mask
+
+
+# Cases where run-based labelling has its own traps (tests/test_ops_components.py runs them, and
+# ADVERSARIAL, through both CPU labellers: see with_header).
+RUN_TRAPS = {
+    "run_diagonal_bridges": lambda: stacked(diagonal_bridges(24, 200)),
+    "run_word_edges_63": lambda: stacked(word_edges(20, 63, 0)),
+    "run_word_edges_64": lambda: stacked(word_edges(20, 64, 1), word_edges(20, 64, 2)),
+    "run_word_edges_65": lambda: stacked(word_edges(20, 65, 3)),
+    "run_word_edges_129": lambda: stacked(word_edges(20, 129, 4), word_edges(20, 129, 5)),
+    "run_row_ends": lambda: (np.random.default_rng(8).random((3, 30, 40)) < 0.5)
+    | (np.arange(40) % 39 == 0),
+    "run_long_rows": lambda: np.random.default_rng(9).random((2, 8, 3001)) < 0.7,
+    "run_long_full_rows": lambda: np.repeat(np.array([1, 0, 1, 1, 0, 0, 1, 1], bool)[None, :, None], 2, 0)
+    .repeat(2500, 2),
+    "run_single_column": lambda: np.random.default_rng(10).random((2, 600, 1)) < 0.5,
+    "run_two_columns": lambda: np.random.default_rng(11).random((2, 300, 2)) < 0.5,
+}
+
+
+def with_header(masks: np.ndarray, header: str) -> np.ndarray:
+    """The masks below 4 rows of alternating columns ("noise": the CPU kernel labels the image with
+    BitLabeller) or 4 empty rows ("empty": RunLabeller), which it decides from the first rows."""
+    B, _, W = masks.shape
+    rows = np.zeros((B, 4, W), dtype=bool)
+    if header == "noise":
+        rows[:, :, ::2] = True
+    return np.concatenate([rows, masks.astype(bool)], axis=1)
+
+
 def batch_seams(B: int = 4, H: int = 7, W: int = 7) -> np.ndarray:
     """Image b's last row and b+1's first row are full (tied largest components); between them an
     island on the left edge (odd images) or the right edge (even images)."""
@@ -296,6 +345,25 @@ def test_largest_component_matches_oracle(ops, device):
 def test_largest_component_adversarial(ops, device, case, connectivity):
     masks_np = ADVERSARIAL[case]()
     check_largest(ops, masks_np, as_tensor(masks_np, device), connectivity)
+
+
+@pytest.mark.parametrize("case", sorted(ADVERSARIAL) + sorted(RUN_TRAPS))
+@pytest.mark.parametrize("header", ["noise", "empty"])
+@pytest.mark.parametrize("connectivity", CONNECTIVITIES)
+def test_both_cpu_labellers(ops, device, case, header, connectivity):
+    masks_np = with_header({**ADVERSARIAL, **RUN_TRAPS}[case](), header)
+    masks = as_tensor(masks_np, device)
+    check_labels(ops, masks_np, masks, connectivity)
+    check_largest(ops, masks_np, masks, connectivity)
+
+
+@pytest.mark.parametrize("case", sorted(RUN_TRAPS))
+@pytest.mark.parametrize("connectivity", CONNECTIVITIES)
+def test_run_traps(ops, device, case, connectivity):
+    masks_np = RUN_TRAPS[case]()
+    masks = as_tensor(masks_np, device)
+    check_labels(ops, masks_np, masks, connectivity)
+    check_largest(ops, masks_np, masks, connectivity)
 
 
 def tie_cases() -> np.ndarray:

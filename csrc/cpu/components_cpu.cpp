@@ -9,6 +9,11 @@
 // forward pass over the runs then turns parents into labels 1..n in raster-first order (scipy's
 // numbering) and sums the areas. Outputs are written row by row straight from the runs: no
 // label image is built for largest_component or boxes_from_probs.
+//
+// Two ways to find the pairs of touching runs, chosen per image of a mask (see label_masks()):
+// RunLabeller merges the two rows' run lists, which costs little per row but mispredicts branches
+// on every run; BitLabeller reads the pairs off bit masks (one per pair, see its comment) and wins
+// on noise-like masks with many short runs. Both give the same forest roots, hence equal outputs.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -46,6 +51,46 @@ inline int count_trailing_zeros(uint64_t word) {
 #endif
 }
 
+// BitLabeller's inner loop needs a popcount. x86-64 has the instruction only from x86-64-v2 on
+// (a plain build calls a library function instead), so there that loop is compiled twice and the
+// instruction used where the CPU has it; elsewhere GCC and Clang's builtin is used as it is.
+#if defined(__GNUC__) || defined(__clang__)
+#define SAMMED_FAST_ALWAYS_INLINE __attribute__((always_inline)) inline
+#define SAMMED_FAST_BUILTIN_POPCOUNT 1
+#else
+#define SAMMED_FAST_ALWAYS_INLINE inline
+#define SAMMED_FAST_BUILTIN_POPCOUNT 0
+#endif
+#if SAMMED_FAST_BUILTIN_POPCOUNT && (defined(__x86_64__) || defined(__i386__))
+#define SAMMED_FAST_POPCNT_DISPATCH 1
+#else
+#define SAMMED_FAST_POPCNT_DISPATCH 0
+#endif
+
+#if SAMMED_FAST_POPCNT_DISPATCH
+bool cpu_has_popcnt() {
+  static const bool has = [] {
+    __builtin_cpu_init();  // needed before __builtin_cpu_supports outside the main program
+    return __builtin_cpu_supports("popcnt") != 0;
+  }();
+  return has;
+}
+#endif
+
+// kBuiltin: __builtin_popcountll (an instruction where the target has one), else bit tricks.
+template <bool kBuiltin>
+SAMMED_FAST_ALWAYS_INLINE int popcount(uint64_t x) {
+#if SAMMED_FAST_BUILTIN_POPCOUNT
+  if constexpr (kBuiltin) {
+    return __builtin_popcountll(x);
+  }
+#endif
+  x = x - ((x >> 1) & 0x5555555555555555ULL);
+  x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+  x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
+  return static_cast<int>((x * 0x0101010101010101ULL) >> 56);
+}
+
 // 64 bytes -> 64 bits, bit j set when byte j is nonzero.
 inline uint64_t nonzero_bits64(const uint8_t* bytes) {
 #if defined(__SSE2__)
@@ -74,7 +119,7 @@ inline uint64_t nonzero_bits64(const uint8_t* bytes) {
 }
 
 // A row of W mask bytes -> ceil(W/64) words, padding bits zero.
-void pack_mask_row(const uint8_t* row, int64_t W, uint64_t* bits) {
+SAMMED_FAST_ALWAYS_INLINE void pack_mask_row(const uint8_t* row, int64_t W, uint64_t* bits) {
   const int64_t full = W / 64;
   for (int64_t k = 0; k < full; ++k) {
     bits[k] = nonzero_bits64(row + 64 * k);
@@ -106,6 +151,19 @@ bool pack_threshold_row(const T* row, int64_t W, acc_t threshold, uint64_t* bits
     bits[k] = word;
   }
   return non_finite;
+}
+
+// The label in 1..labels with the largest area, the lowest on ties; 0 when there is none.
+int32_t largest_label(const std::vector<int64_t>& area, int32_t labels) {
+  int32_t best = 0;
+  int64_t best_area = 0;
+  for (int32_t l = 1; l <= labels; ++l) {
+    if (area[l] > best_area) {
+      best_area = area[l];
+      best = l;
+    }
+  }
+  return best;
 }
 
 // One run of foreground pixels [start, end) of a row. `parent` is its union-find parent (always
@@ -189,23 +247,19 @@ class RunLabeller {
   }
 
   // After finish(): the label with the largest area, the lowest on ties; 0 when empty.
-  int32_t largest() const {
-    int32_t best = 0;
-    int64_t best_area = 0;
-    for (int32_t l = 1; l <= labels_; ++l) {
-      if (area_[l] > best_area) {
-        best_area = area_[l];
-        best = l;
-      }
-    }
-    return best;
-  }
+  int32_t largest() const { return largest_label(area_, labels_); }
 
   int64_t area(int32_t label) const { return label > 0 ? area_[label] : 0; }
+  int64_t run_count() const { return count_; }
 
-  // The runs of row y; after finish() each run's `parent` is its label.
-  const Run* row_runs(int64_t y) const { return runs_.data() + row_begin_[y]; }
-  const Run* row_runs_end(int64_t y) const { return runs_.data() + row_begin_[y + 1]; }
+  // After finish(): f(start, end, label) for every run of row y, left to right.
+  template <typename F>
+  void for_each_run(int64_t y, F&& f) const {
+    for (const Run* r = runs_.data() + row_begin_[y]; r != runs_.data() + row_begin_[y + 1]; ++r) {
+      f(r->start, r->end, r->parent);
+    }
+  }
+
   int64_t rows() const { return static_cast<int64_t>(row_begin_.size()) - 1; }
 
  private:
@@ -259,13 +313,191 @@ class RunLabeller {
   std::vector<uint64_t> bits_;
 };
 
+// The same forest as RunLabeller, with the touching pairs of runs read off bit masks. Two runs of
+// adjacent rows touch when their column intervals, the upper one widened by a pixel on each side
+// with 8-connectivity, overlap; then the later of the two starts lies in the other run (or, with
+// 8-connectivity, a pixel right of its end), so every pair shows up as one set bit of
+//   (starts & reach(prev)) | (prev_starts & reach(cur) & ~starts),   reach(r) = r or r | r << 1,
+// and the two run indices are counts of start bits up to that bit. No branch depends on how the
+// runs interleave, which is what costs RunLabeller its time on noise.
+class BitLabeller {
+ public:
+  void begin(int64_t H, int64_t W, bool eight) {
+    width_ = static_cast<int32_t>(W);
+    eight_ = eight;
+    count_ = 0;
+    labels_ = 0;
+    flip_ = 0;
+    words_ = (W + 63) / 64;
+    row_begin_.assign(1, 0);
+    row_begin_.reserve(H + 1);
+    // Two rows (this one, the previous one), each with a zero word past its end. The previous
+    // row starts out empty, so the first row unites nothing.
+    bits_.assign(2 * (words_ + 1), 0);
+    index_.assign(2 * words_, WordIndex{0, 0});
+  }
+
+  // Fill these bits (padding zero) with the next row's foreground, then call end_row().
+  uint64_t* row_bits() { return bits_.data() + flip_ * (words_ + 1); }
+
+  void end_row() {
+#if SAMMED_FAST_POPCNT_DISPATCH
+    if (has_popcnt_) {
+      eight_ ? end_row_popcnt<true>() : end_row_popcnt<false>();
+      return;
+    }
+#endif
+    constexpr bool kBuiltin = SAMMED_FAST_BUILTIN_POPCOUNT && !SAMMED_FAST_POPCNT_DISPATCH;
+    eight_ ? end_row_impl<kBuiltin, true>() : end_row_impl<kBuiltin, false>();
+  }
+
+  // Parents -> labels 1..n in raster-first order, and the area of every label.
+  void finish() {
+    area_.assign(static_cast<size_t>(count_) + 1, 0);
+    int32_t* parent = parent_.data();
+    int64_t* area = area_.data();
+    int32_t labels = 0;
+    for (int32_t i = 0; i < count_; ++i) {
+      // Without branches: a root is one run in four on noise, too often to predict.
+      const int32_t p = parent[i];
+      const bool root = p == i;
+      labels += root;
+      const int32_t label = root ? labels : parent[p];  // p < i already holds its label
+      parent[i] = label;
+      area[label] += span_[i].end - span_[i].start;
+    }
+    labels_ = labels;
+  }
+
+  int32_t largest() const { return largest_label(area_, labels_); }
+  int64_t area(int32_t label) const { return label > 0 ? area_[label] : 0; }
+
+  template <typename F>
+  void for_each_run(int64_t y, F&& f) const {
+    for (int32_t r = row_begin_[y]; r < row_begin_[y + 1]; ++r) {
+      f(span_[r].start, span_[r].end, parent_[r]);
+    }
+  }
+
+  int64_t rows() const { return static_cast<int64_t>(row_begin_.size()) - 1; }
+
+ private:
+  struct Span {
+    int32_t start, end;
+  };
+  // Per 64-pixel word of a row: the bits where runs start, and the index of the first run that
+  // starts in the word (or after it).
+  struct WordIndex {
+    uint64_t starts;
+    int32_t base;
+  };
+
+#if SAMMED_FAST_POPCNT_DISPATCH
+  template <bool kEight>
+  __attribute__((target("popcnt"))) void end_row_popcnt() {
+    end_row_impl<true, kEight>();
+  }
+#endif
+
+  template <bool kPopcnt, bool kEight>
+  SAMMED_FAST_ALWAYS_INLINE void end_row_impl() {
+    const size_t needed = static_cast<size_t>(count_) + (width_ + 1) / 2;
+    if (parent_.size() < needed) {
+      const size_t size = std::max(needed, 2 * parent_.size());
+      span_.resize(size);
+      parent_.resize(size);
+    }
+    const int64_t nw = words_;
+    const uint64_t* cur = bits_.data() + flip_ * (nw + 1);
+    const uint64_t* prev = bits_.data() + (1 - flip_) * (nw + 1);
+    WordIndex* cur_index = index_.data() + flip_ * nw;
+    const WordIndex* prev_index = index_.data() + (1 - flip_) * nw;
+    Span* span = span_.data();
+    int32_t* parent = parent_.data();
+    int32_t n = count_;
+    uint64_t carry = 0, prev_carry = 0;  // the last pixel of the word before, in each row
+    int32_t last = -1, root = -1;        // this row's run of the last union, and its root
+    for (int64_t k = 0; k < nw; ++k) {
+      const uint64_t w = cur[k];
+      cur_index[k].base = n;
+      if ((w | prev[k]) == 0) {  // background in both rows
+        cur_index[k].starts = 0;
+        carry = 0;
+        prev_carry = 0;
+        continue;
+      }
+      const uint64_t starts = w & ~((w << 1) | carry);
+      uint64_t lasts = w & ~((w >> 1) | (cur[k + 1] << 63));
+      uint64_t prev_reach = prev[k], cur_reach = w;
+      if constexpr (kEight) {
+        prev_reach |= (prev[k] << 1) | prev_carry;
+        cur_reach |= (w << 1) | carry;
+        prev_carry = prev[k] >> 63;
+      }
+      const uint64_t prev_starts = prev_index[k].starts;
+      uint64_t pairs = (starts & prev_reach) | (prev_starts & cur_reach & ~starts);
+      cur_index[k].starts = starts;
+      const int32_t x0 = static_cast<int32_t>(64 * k);
+      int32_t m = n - static_cast<int32_t>(carry & w & 1);  // a run from the word before ends first
+      carry = w >> 63;
+      for (uint64_t rest = starts; rest; rest &= rest - 1) {
+        span[n].start = x0 + count_trailing_zeros(rest);
+        parent[n] = n;
+        ++n;
+      }
+      for (; lasts; lasts &= lasts - 1) {
+        span[m++].end = x0 + count_trailing_zeros(lasts) + 1;
+      }
+      for (; pairs; pairs &= pairs - 1) {
+        const uint64_t upto = (uint64_t{2} << count_trailing_zeros(pairs)) - 1;
+        const int32_t i = find(prev_index[k].base - 1 + popcount<kPopcnt>(prev_starts & upto));
+        const int32_t j = cur_index[k].base - 1 + popcount<kPopcnt>(starts & upto);
+        // The pairs of run j come one after another, and its root stays a root in between, so j
+        // needs no find. Hanging the larger root under the smaller keeps parents below children.
+        root = j == last ? root : j;
+        last = j;
+        parent[std::max(i, root)] = std::min(i, root);
+        root = std::min(i, root);
+      }
+    }
+    count_ = n;
+    row_begin_.push_back(n);
+    flip_ ^= 1;
+  }
+
+  int32_t find(int32_t x) {
+    int32_t* parent = parent_.data();
+    while (parent[x] != x) {
+      parent[x] = parent[parent[x]];  // path halving
+      x = parent[x];
+    }
+    return x;
+  }
+
+  int32_t width_ = 0;
+  bool eight_ = false;
+  int32_t count_ = 0;
+  int32_t labels_ = 0;
+  int64_t flip_ = 0;  // which half of bits_ and index_ holds this row
+  int64_t words_ = 0;
+  std::vector<Span> span_;
+  std::vector<int32_t> parent_;
+  std::vector<int32_t> row_begin_;
+  std::vector<int64_t> area_;
+  std::vector<uint64_t> bits_;
+  std::vector<WordIndex> index_;
+#if SAMMED_FAST_POPCNT_DISPATCH
+  bool has_popcnt_ = cpu_has_popcnt();
+#endif
+};
+
 // Inclusive box (x0, y0, x1, y1) of runs visited in raster order; -1s while empty.
 struct Box {
   int64_t x0 = -1, y0 = -1, x1 = -1, y1 = -1;
-  void add(int64_t y, const Run& run) {
-    x0 = y0 < 0 ? run.start : std::min<int64_t>(x0, run.start);
+  void add(int64_t y, int64_t start, int64_t end) {
+    x0 = y0 < 0 ? start : std::min(x0, start);
     y0 = y0 < 0 ? y : y0;
-    x1 = std::max<int64_t>(x1, run.end - 1);
+    x1 = std::max(x1, end - 1);
     y1 = y;
   }
   void store(float* out) const {
@@ -279,11 +511,11 @@ struct Box {
 Box label_box(const RunLabeller& runs, int32_t label) {
   Box box;
   for (int64_t y = 0; y < runs.rows(); ++y) {
-    for (const Run* r = runs.row_runs(y); r != runs.row_runs_end(y); ++r) {
-      if (r->parent == label) {
-        box.add(y, *r);
+    runs.for_each_run(y, [&](int32_t start, int32_t end, int32_t l) {
+      if (l == label) {
+        box.add(y, start, end);
       }
-    }
+    });
   }
   return box;
 }
@@ -293,13 +525,43 @@ void check_masks(const at::Tensor& masks, int64_t connectivity) {
 }
 
 // Labels one (H,W) image of mask bytes (nonzero is foreground) into `runs`.
-void label_mask(const uint8_t* image, int64_t H, int64_t W, bool eight, RunLabeller& runs) {
+template <typename Labeller>
+void label_mask(const uint8_t* image, int64_t H, int64_t W, bool eight, Labeller& runs) {
   runs.begin(H, W, eight);
   for (int64_t y = 0; y < H; ++y) {
     pack_mask_row(image + y * W, W, runs.row_bits());
     runs.end_row();
   }
   runs.finish();
+}
+
+// Labels each image b in [begin, end) with the labeller that suits it and calls emit(b, labeller).
+// RunLabeller starts; when the first rows hold more than one run per 32 pixels (a blob and a few
+// specks make a handful of runs per row, 50% noise one per 4 pixels), BitLabeller starts over.
+// Deciding from the first rows costs a coarse mask nothing and a noisy one 4 rows.
+template <typename Emit>
+void label_masks(const uint8_t* in, int64_t begin, int64_t end, int64_t H, int64_t W, bool eight,
+                 Emit&& emit) {
+  constexpr int64_t kProbeRows = 4;
+  RunLabeller merge_runs;
+  BitLabeller bit_runs;
+  for (int64_t b = begin; b < end; ++b) {
+    const uint8_t* image = in + b * H * W;
+    merge_runs.begin(H, W, eight);
+    bool noise_like = false;
+    for (int64_t y = 0; y < H && !noise_like; ++y) {
+      pack_mask_row(image + y * W, W, merge_runs.row_bits());
+      merge_runs.end_row();
+      noise_like = y + 1 == kProbeRows && 32 * merge_runs.run_count() > kProbeRows * W;
+    }
+    if (noise_like) {
+      label_mask(image, H, W, eight, bit_runs);
+      emit(b, bit_runs);
+    } else {
+      merge_runs.finish();
+      emit(b, merge_runs);
+    }
+  }
 }
 
 const uint8_t* mask_bytes(const at::Tensor& contiguous_masks) {
@@ -314,17 +576,15 @@ at::Tensor label_components_cpu(const at::Tensor& masks_in, int64_t connectivity
   const uint8_t* in = mask_bytes(masks);
   int32_t* out = labels.data_ptr<int32_t>();
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    RunLabeller runs;
-    for (int64_t b = begin; b < end; ++b) {
-      label_mask(in + b * H * W, H, W, connectivity == 8, runs);
+    label_masks(in, begin, end, H, W, connectivity == 8, [&](int64_t b, const auto& runs) {
       for (int64_t y = 0; y < H; ++y) {
         int32_t* row = out + (b * H + y) * W;
         std::memset(row, 0, sizeof(int32_t) * W);
-        for (const Run* r = runs.row_runs(y); r != runs.row_runs_end(y); ++r) {
-          std::fill(row + r->start, row + r->end, r->parent);
-        }
+        runs.for_each_run(y, [&](int32_t start, int32_t end, int32_t label) {
+          std::fill(row + start, row + end, label);
+        });
       }
-    }
+    });
   });
   return labels;
 }
@@ -342,25 +602,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> largest_component_cpu(const at::T
   float* box_out = boxes.data_ptr<float>();
   int64_t* area_out = areas.data_ptr<int64_t>();
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    RunLabeller runs;
-    for (int64_t b = begin; b < end; ++b) {
-      label_mask(in + b * H * W, H, W, connectivity == 8, runs);
+    label_masks(in, begin, end, H, W, connectivity == 8, [&](int64_t b, const auto& runs) {
       const int32_t best = runs.largest();
       // The mask and the box of the largest component in one pass over the rows.
       Box box;
       for (int64_t y = 0; y < H; ++y) {
         bool* row = out + (b * H + y) * W;
         std::memset(row, 0, W);
-        for (const Run* r = runs.row_runs(y); r != runs.row_runs_end(y); ++r) {
-          if (r->parent == best) {
-            std::memset(row + r->start, 1, r->end - r->start);
-            box.add(y, *r);
+        runs.for_each_run(y, [&](int32_t start, int32_t end, int32_t label) {
+          if (label == best) {
+            std::memset(row + start, 1, end - start);
+            box.add(y, start, end);
           }
-        }
+        });
       }
       box.store(box_out + 4 * b);
       area_out[b] = runs.area(best);
-    }
+    });
   });
   return {mask, boxes, areas};
 }
