@@ -39,13 +39,13 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_args(work) -> list[str]:
-    """A tiny job whose numbers are not all zero: a compact SAM pretrained for 150 steps, boxes
+    """A tiny job whose numbers are not all zero: a compact SAM pretrained for 400 steps, boxes
     from a low theta1."""
     sam = work / "compact_sam_tile32.pth"
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        pretrain_compact_sam(config=PretrainConfig(tile_size=32, steps=150, canvases_per_step=2,
+        pretrain_compact_sam(config=PretrainConfig(tile_size=32, steps=400, lr=2e-3, canvases_per_step=2,
                                                    warmup_steps=20, heldout_slices=8),
                              out=sam, progress=False)
     finally:

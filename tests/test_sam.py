@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from sammed_fast import pretrain
 from sammed_fast.sam import TiledSam, build_sam, describe_state_dict, freeze_for_decoder_training
 from sammed_fast.sam.procedural import ellipse_in_boxes, generate
+from sammed_fast.sam.registry import compact_config
 
 TILE = 32
 MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
@@ -315,3 +316,27 @@ def test_compiled_parts_give_the_same_masks_and_gradients():
         torch.testing.assert_close(zeros if b.grad is None else b.grad,
                                    zeros if a.grad is None else a.grad, rtol=1e-4, atol=1e-6, msg=name)
     assert all(p.grad is None for p in compiled.sam.image_encoder.parameters())
+
+
+def test_compact_architecture_tiles_are_independent_in_the_encoder():
+    """The compact SAM's windows are exactly one tile and no block is global: changing one tile
+    of a canvas leaves the other tiles' embeddings alone (4 px patches up to 32x32 tokens), except
+    the token next to the seam, which the encoder neck's 3x3 convolution reaches across."""
+    assert [compact_config(c).embedding_size for c in (32, 64, 128, 256)] == [8, 16, 32, 32]
+    assert [compact_config(c).patch_size for c in (32, 64, 128, 256)] == [4, 4, 4, 8]
+    for bad in (24, 40, 144):
+        with pytest.raises(ValueError, match="canvas_size"):
+            compact_config(bad)
+    torch.manual_seed(0)
+    model = TiledSam(sam=build_sam("compact", canvas_size=2 * TILE), tile_size=TILE)
+    images = slices(4)
+    changed = images.clone()
+    changed[3] = torch.randn(1, TILE, TILE)
+    a, b = model.encode(images)[0], model.encode(changed)[0]
+    half = a.shape[-1] // 2
+    top, left = a[:, : half - 1], a[:, half + 1 :, : half - 1]
+    torch.testing.assert_close(top, b[:, : half - 1], rtol=0, atol=0)
+    torch.testing.assert_close(left, b[:, half + 1 :, : half - 1], rtol=0, atol=0)
+    assert not torch.equal(a[:, half - 1], b[:, half - 1])  # the seam row sees the changed tile
+    state = {k: v.half() for k, v in model.sam.state_dict().items()}
+    assert describe_state_dict(state) == f"compact (canvas {2 * TILE})"

@@ -1,13 +1,21 @@
 """Procedural box-prompt segmentation data for pretraining the compact SAM (never medical data).
 
-Each image: a textured background, several overlapping objects (ellipses, Fourier blobs, convex
-polygons) with their own intensity and texture, painted back to front with soft edges, then a bias
-field, blur, noise and an intensity gamma. One visible object is the target; its prompt is its
-bounding box with jitter. Everything is vectorised over the batch and drawn from a torch.Generator,
-so a seed fixes the data.
+Training family (``generate``): a textured background, several overlapping objects (ellipses,
+Fourier blobs, convex polygons; some made of two touching parts of different brightness) of every
+size, with their own intensity (sometimes barely above the background) and texture, painted back to
+front with soft edges, then a bias field, blur, noise and an intensity gamma. One visible object is
+the target; its prompt box is noised as SAM's training boxes were (``BoxNoise``: about 10% of the
+box side per side, shifts, and some loose or truncated boxes).
+
+Held-out family (``generate_polygons_and_blobs``): star-shaped random polygons (concave) and blobs
+cut from a thresholded random field, on a differently made background; pretraining never draws it.
+Evaluation boxes come from ``tight_boxes`` and ``perturb_boxes``, which are exact (no randomness).
+
+Everything is vectorised over the batch and drawn from a torch.Generator, so a seed fixes the data.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import NamedTuple
 
@@ -16,17 +24,56 @@ import torch.nn.functional as F
 from torchvision.ops import masks_to_boxes
 
 MAX_OBJECTS = 6
+MIN_TARGET_AREA = 0.008  # fraction of the image: a 64 px tile keeps targets from about 6 px across
 
 
 class ShapeBatch(NamedTuple):
     images: torch.Tensor  # (N,1,S,S) float32, z-scored per image
     masks: torch.Tensor  # (N,1,S,S) float32 {0,1}: the target object's visible part
-    boxes: torch.Tensor  # (N,4) float32 xyxy prompt (jittered), pixel indices in the image frame
+    boxes: torch.Tensor  # (N,4) float32 xyxy prompt (noised), pixel indices in the image frame
     tight_boxes: torch.Tensor  # (N,4) float32 xyxy inclusive box of the target mask
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BoxNoise:
+    """How training prompt boxes depart from the tight box; fractions are of the box's own side.
+
+    Each box is one of four kinds, drawn with these probabilities (the rest: ``jittered``):
+    exact (the tight box), loose (every side outward by loose_range), truncated (one or two sides
+    inward by truncate_range, cutting off part of the object; the mask stays the whole object) and
+    jittered: every side moves by N(0, sigma^2) with sigma ~ U(0, side_sigma), plus a shift of the
+    whole box by N(0, shift_sigma^2) per axis; offsets are clipped to +-max_offset.
+    """
+
+    exact: float = 0.1
+    loose: float = 0.12
+    truncated: float = 0.08
+    side_sigma: float = 0.15
+    shift_sigma: float = 0.08
+    max_offset: float = 0.35
+    loose_range: tuple[float, float] = (0.2, 1.2)
+    truncate_range: tuple[float, float] = (0.1, 0.35)
+
+    def __post_init__(self) -> None:
+        if min(self.exact, self.loose, self.truncated) < 0 or self.exact + self.loose + self.truncated > 1:
+            raise ValueError("BoxNoise probabilities must be >= 0 and sum to at most 1")
+
+
+NO_BOX_NOISE = BoxNoise(exact=1.0, loose=0.0, truncated=0.0)
 
 
 def _uniform(shape, low: float, high: float, g: torch.Generator) -> torch.Tensor:
     return torch.rand(shape, generator=g) * (high - low) + low
+
+
+def _log_uniform(shape, low: float, high: float, g: torch.Generator) -> torch.Tensor:
+    return torch.exp(_uniform(shape, math.log(low), math.log(high), g))
+
+
+def _grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-centre coordinates (y, x), each (size,size) in (0,1)."""
+    xs = (torch.arange(size) + 0.5) / size
+    return torch.meshgrid(xs, xs, indexing="ij")
 
 
 def _smooth_noise(n: int, size: int, cells: int, g: torch.Generator) -> torch.Tensor:
@@ -38,8 +85,7 @@ def _smooth_noise(n: int, size: int, cells: int, g: torch.Generator) -> torch.Te
 
 def _texture(n: int, size: int, g: torch.Generator) -> torch.Tensor:
     """(n,size,size) random mix of coarse, medium and fine noise and oriented stripes."""
-    xs = (torch.arange(size) + 0.5) / size
-    y, x = torch.meshgrid(xs, xs, indexing="ij")
+    y, x = _grid(size)
     angle = _uniform((n, 1, 1), 0, math.pi, g)
     freq = _uniform((n, 1, 1), 2, size / 6, g)
     phase = _uniform((n, 1, 1), 0, 2 * math.pi, g)
@@ -54,14 +100,13 @@ def _texture(n: int, size: int, g: torch.Generator) -> torch.Tensor:
     return sum(w.view(-1, 1, 1) * p for w, p in zip(weights.unbind(1), parts))
 
 
-def _shapes(n: int, size: int, g: torch.Generator) -> torch.Tensor:
-    """Signed inside-distance (n,MAX_OBJECTS,size,size) in pixels (> 0 inside) of random shapes."""
-    k = MAX_OBJECTS
-    xs = (torch.arange(size) + 0.5) / size
-    y, x = torch.meshgrid(xs, xs, indexing="ij")
+def _shapes(cx: torch.Tensor, cy: torch.Tensor, radius: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
+    """Signed inside-distance (n,k,size,size) in pixels (> 0 inside) of random shapes centred at
+    (cx, cy) with mean radius ``radius`` (all (n,k,1,1), fractions of the image side)."""
+    n, k = cx.shape[:2]
+    y, x = _grid(size)
     param = lambda low, high: _uniform((n, k, 1, 1), low, high, g)  # noqa: E731
-    cx, cy = param(0.15, 0.85), param(0.15, 0.85)
-    radius, aspect, rot = param(0.1, 0.32), param(0.4, 1.0), param(0, math.pi)
+    aspect, rot = param(0.4, 1.0), param(0, math.pi)
     dx, dy = x - cx, y - cy
     u = (dx * torch.cos(rot) + dy * torch.sin(rot)) / radius
     v = (-dx * torch.sin(rot) + dy * torch.cos(rot)) / (radius * aspect)
@@ -80,46 +125,27 @@ def _shapes(n: int, size: int, g: torch.Generator) -> torch.Tensor:
     return (boundary - rho) * radius * aspect * size
 
 
-def generate(
-    n: int, size: int, *, generator: torch.Generator, jitter: tuple[float, float] = (-0.1, 0.2)
-) -> ShapeBatch:
-    """n images of size x size with one target object each (see module docs).
+def _composite_objects(n: int, size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signed distances of MAX_OBJECTS objects and of their second parts, each (n,k,size,size).
 
-    jitter: each box side moves outward by a uniform fraction in [jitter[0], jitter[1]] of the
-    box's extent (negative shrinks it), plus up to 2 px; boxes stay inside the image.
-    """
-    if n < 0 or size < 16:
-        raise ValueError(f"need n >= 0 and size >= 16, got n={n}, size={size}")
-    g, k = generator, MAX_OBJECTS
-    background = _uniform((n, 1, 1), -1, 1, g) + _uniform((n, 1, 1), 0.1, 0.8, g) * _texture(n, size, g)
-    distance = _shapes(n, size, g)
-    softness = _uniform((n, k, 1, 1), 0.3, 1.5, g)
-    count = torch.randint(2, k + 1, (n, 1), generator=g)
-    active = (torch.arange(k).view(1, k) < count).view(n, k, 1, 1)
-    inside = (distance > 0) & active
-    alpha = torch.sigmoid(distance / softness) * active
+    Object radii are log-uniform (every size, small ones common). About a third of the objects get a
+    second part, a smaller shape centred near the main shape's rim so that the two touch; the parts
+    of other objects are empty (distance -inf)."""
+    k = MAX_OBJECTS
+    radius = _log_uniform((n, k, 1, 1), 0.06, 0.36, g)
+    cx, cy = _uniform((n, k, 1, 1), 0.12, 0.88, g), _uniform((n, k, 1, 1), 0.12, 0.88, g)
+    main = _shapes(cx, cy, radius, size, g)
+    angle = _uniform((n, k, 1, 1), 0, 2 * math.pi, g)
+    reach = radius * _uniform((n, k, 1, 1), 0.6, 1.1, g)
+    part_radius = radius * _uniform((n, k, 1, 1), 0.35, 0.8, g)
+    part = _shapes(cx + reach * torch.cos(angle), cy + reach * torch.sin(angle), part_radius, size, g)
+    has_part = torch.rand(n, k, 1, 1, generator=g) < 0.35
+    return main, torch.where(has_part, part, torch.full_like(part, -math.inf))
 
-    # Objects differ from the background by a random contrast (sometimes low) and carry a texture.
-    sign = torch.where(torch.rand(n, k, 1, 1, generator=g) < 0.5, -1.0, 1.0)
-    contrast = sign * _uniform((n, k, 1, 1), 0.15, 2.0, g)
-    texture_amp = _uniform((n, k, 1, 1), 0.0, 0.6, g)
-    textures = _texture(n * k, size, g).view(n, k, size, size)
-    image = background
-    for j in range(k):  # back to front; a loop over object slots, not over images
-        obj = background.mean((1, 2), keepdim=True) + contrast[:, j] + texture_amp[:, j] * textures[:, j]
-        image = image * (1 - alpha[:, j]) + obj * alpha[:, j]
 
-    # Visible part of object j: inside it and inside no object painted after it.
-    later = torch.flip(torch.cumsum(torch.flip(inside.int(), [1]), 1), [1]) - inside.int()
-    visible = inside & (later == 0)
-    # Targets: objects with at least 1.5% of the image visible and at most half of them hidden.
-    area = visible.flatten(2).sum(2).float()
-    whole = inside.flatten(2).sum(2).float()
-    eligible = ((area >= 0.015 * size * size) & (area >= 0.5 * whole)).float()
-    eligible = eligible + 1e-6 * active.view(n, k)  # never all zero: then any drawn object
-    target = torch.multinomial(eligible, 1, generator=g).view(n)
-    masks = visible[torch.arange(n), target].float().unsqueeze(1)
-
+def _finish(image: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Bias field, blur, noise, gamma, z-score: (n,S,S) raw intensities -> (n,1,S,S) float32."""
+    n, size = image.shape[0], image.shape[-1]
     image = image * (1 + 0.3 * _uniform((n, 1, 1), 0, 1, g) * _smooth_noise(n, size, 2, g))
     image = _blur(image.unsqueeze(1), _uniform((n,), 0.0, 1.2, g))
     noise_std = _uniform((n, 1, 1, 1), 0.0, 0.25, g) * image.flatten(1).std(1).view(-1, 1, 1, 1)
@@ -128,18 +154,159 @@ def generate(
     high = image.flatten(1).amax(1).view(-1, 1, 1, 1)
     gamma = torch.exp(_uniform((n, 1, 1, 1), -0.7, 0.7, g))
     image = ((image - low) / (high - low).clamp_min(1e-6)) ** gamma
-    image = (image - image.mean((2, 3), keepdim=True)) / image.std((2, 3), keepdim=True).clamp_min(1e-6)
+    return ((image - image.mean((2, 3), keepdim=True)) / image.std((2, 3), keepdim=True).clamp_min(1e-6)).float()
 
+
+def _pick_targets(inside: torch.Tensor, active: torch.Tensor, g: torch.Generator, *,
+                  fallback_visible: bool = False) -> torch.Tensor:
+    """(n,k,S,S) bool object supports painted in slot order, (n,k) bool -> (n,1,S,S) float mask of
+    one visible object per image: at least MIN_TARGET_AREA of the image visible and at most half
+    of it hidden. When none qualifies: any drawn object, or with fallback_visible any object with
+    a visible pixel (never an empty mask when the last drawn object is non-empty)."""
+    n, size = inside.shape[0], inside.shape[-1]
+    later = torch.flip(torch.cumsum(torch.flip(inside.int(), [1]), 1), [1]) - inside.int()
+    visible = inside & (later == 0)
+    area = visible.flatten(2).sum(2).float()
+    whole = inside.flatten(2).sum(2).float()
+    eligible = ((area >= MIN_TARGET_AREA * size * size) & (area >= 0.5 * whole)).float()
+    fallback = (area > 0) & active if fallback_visible else active
+    eligible = eligible + 1e-6 * fallback.float()  # never all zero: then any drawn (visible) object
+    target = torch.multinomial(eligible, 1, generator=g).view(n)
+    return visible[torch.arange(n), target].float().unsqueeze(1)
+
+
+def generate(n: int, size: int, *, generator: torch.Generator, box_noise: BoxNoise = BoxNoise()) -> ShapeBatch:
+    """n training-family images of size x size with one target object each (see module docs);
+    ``boxes`` are the tight boxes noised by ``box_noise`` (NO_BOX_NOISE: exactly the tight box)."""
+    if n < 0 or size < 16:
+        raise ValueError(f"need n >= 0 and size >= 16, got n={n}, size={size}")
+    g, k = generator, MAX_OBJECTS
+    background = _uniform((n, 1, 1), -1, 1, g) + _uniform((n, 1, 1), 0.1, 0.8, g) * _texture(n, size, g)
+    main, part = _composite_objects(n, size, g)
+    count = torch.randint(1, k + 1, (n, 1), generator=g)
+    active = torch.arange(k).view(1, k) < count
+    slot_on = active.view(n, k, 1, 1)
+    inside = ((main > 0) | (part > 0)) & slot_on
+    softness = _uniform((n, k, 1, 1), 0.3, 1.5, g)
+    alpha_main = torch.sigmoid(main / softness) * slot_on
+    alpha_part = torch.sigmoid(part / softness) * slot_on
+
+    # Objects differ from the background by a log-uniform contrast (often low) and carry a texture;
+    # a second part differs from its main shape by its own offset (sometimes none).
+    sign = torch.where(torch.rand(n, k, 1, 1, generator=g) < 0.5, -1.0, 1.0)
+    contrast = sign * _log_uniform((n, k, 1, 1), 0.12, 2.0, g)
+    part_offset = _uniform((n, k, 1, 1), -0.8, 0.8, g) * (torch.rand(n, k, 1, 1, generator=g) < 0.7)
+    texture_amp = _uniform((n, k, 1, 1), 0.0, 0.6, g)
+    textures = _texture(n * k, size, g).view(n, k, size, size)
+    image = background
+    level = background.mean((1, 2), keepdim=True)
+    for j in range(k):  # back to front; a loop over object slots, not over images
+        obj = level + contrast[:, j] + texture_amp[:, j] * textures[:, j]
+        image = image * (1 - alpha_main[:, j]) + obj * alpha_main[:, j]
+        image = image * (1 - alpha_part[:, j]) + (obj + part_offset[:, j]) * alpha_part[:, j]
+    masks = _pick_targets(inside, active, g)
+    image = _finish(image, g)
     tight = masks_to_boxes(masks[:, 0]) if n else torch.zeros(0, 4)
+    return ShapeBatch(image, masks, noisy_boxes(tight, size, box_noise, g), tight.float())
+
+
+def generate_polygons_and_blobs(n: int, size: int, *, generator: torch.Generator) -> ShapeBatch:
+    """n held-out-family images (never used for pretraining); ``boxes`` equal ``tight_boxes``.
+
+    Objects: star-shaped random polygons (8 vertices at random angles and radii, so mostly concave,
+    hard edges) and blobs cut from a thresholded smooth random field (the component around a seed point);
+    background: a linear ramp plus Gaussian spots; 1-4 objects painted back to front.
+    """
+    if n < 0 or size < 16:
+        raise ValueError(f"need n >= 0 and size >= 16, got n={n}, size={size}")
+    g, k = generator, 4
+    y, x = _grid(size)
+    param = lambda low, high: _uniform((n, k, 1, 1), low, high, g)  # noqa: E731
+    cx, cy, radius = param(0.15, 0.85), param(0.15, 0.85), _log_uniform((n, k, 1, 1), 0.07, 0.3, g)
+    polygon = _star_polygons(n, k, size, (x - cx) / radius, (y - cy) / radius, g)
+    rho = torch.sqrt(((x - cx) / radius) ** 2 + ((y - cy) / radius) ** 2)
+    # Blob: the part of a thresholded smooth field (high at the centre) within 1.6 radii.
+    field = _smooth_noise(n * k, size, 5, g).view(n, k, size, size) + 1.5 * (1 - rho ** 2)
+    blob = ((field > _uniform((n, k, 1, 1), 0.6, 1.2, g)) | (rho < 0.35)) & (rho < 1.6)
+    is_blob = torch.rand(n, k, 1, 1, generator=g) < 0.5
+    active = torch.arange(k).view(1, k) < torch.randint(1, k + 1, (n, 1), generator=g)
+    inside = torch.where(is_blob, blob, polygon) & active.view(n, k, 1, 1)
+
+    ramp = param(-1, 1)[:, 0] * x + param(-1, 1)[:, 0] * y
+    spots = sum(_uniform((n, 1, 1), -0.6, 0.6, g) * torch.exp(
+        -((x - _uniform((n, 1, 1), 0, 1, g)) ** 2 + (y - _uniform((n, 1, 1), 0, 1, g)) ** 2)
+        / (2 * _uniform((n, 1, 1), 0.03, 0.2, g) ** 2)) for _ in range(3))
+    image = ramp + spots
+    sign = torch.where(torch.rand(n, k, 1, 1, generator=g) < 0.5, -1.0, 1.0)
+    contrast = sign * _uniform((n, k, 1, 1), 0.25, 1.5, g)
+    for j in range(k):
+        image = torch.where(inside[:, j], image.mean((1, 2), keepdim=True) + contrast[:, j], image)
+    masks = _pick_targets(inside, active, g, fallback_visible=True)
+    image = _finish(image, g)
+    tight = masks_to_boxes(masks[:, 0]) if n else torch.zeros(0, 4)
+    return ShapeBatch(image, masks, tight.float(), tight.float())
+
+
+def _star_polygons(n: int, k: int, size: int, u: torch.Tensor, v: torch.Tensor, g: torch.Generator,
+                   vertices: int = 8) -> torch.Tensor:
+    """(n,k,size,size) bool insides of star polygons around the origin of the unit frame (u, v)
+    (each (n,k,size,size)): vertices at random angles (every gap under pi, so the origin sees every
+    edge) and radii in [0.45, 1]; straight edges between consecutive vertices."""
+    gaps = _uniform((n, k, vertices), 0.4, 1.6, g)
+    angles = torch.cumsum(gaps, -1) / gaps.sum(-1, keepdim=True) * 2 * math.pi + _uniform((n, k, 1), 0, 2 * math.pi, g)
+    angles = torch.remainder(angles, 2 * math.pi)
+    angles, order = torch.sort(angles, -1)
+    radii = torch.gather(_uniform((n, k, vertices), 0.3, 1.0, g), -1, order)
+    rho, phi = torch.sqrt(u * u + v * v).flatten(-2), torch.remainder(torch.atan2(v, u), 2 * math.pi).flatten(-2)
+    # Edge i runs from vertex i-1 to vertex i (vertex -1 = the last, one turn back).
+    index = torch.searchsorted(angles.contiguous(), phi.contiguous())  # (n,k,P) in [0, vertices]
+    before = torch.cat([angles[..., -1:] - 2 * math.pi, angles, angles[..., :1] + 2 * math.pi], -1)
+    before_r = torch.cat([radii[..., -1:], radii, radii[..., :1]], -1)
+    a0, a1 = torch.gather(before, -1, index), torch.gather(before, -1, index + 1)
+    r0, r1 = torch.gather(before_r, -1, index), torch.gather(before_r, -1, index + 1)
+    p0x, p0y, ex, ey = r0 * torch.cos(a0), r0 * torch.sin(a0), r1 * torch.cos(a1) - r0 * torch.cos(a0), r1 * torch.sin(a1) - r0 * torch.sin(a0)
+    # Ray from the origin at angle phi meets the edge at t = (p0 x e) / (dir x e).
+    denominator = torch.cos(phi) * ey - torch.sin(phi) * ex
+    boundary = (p0x * ey - p0y * ex) / torch.where(denominator.abs() < 1e-9, torch.full_like(denominator, 1e-9), denominator)
+    return (rho < boundary).view(n, k, size, size)
+
+
+def noisy_boxes(tight: torch.Tensor, size: int, noise: BoxNoise, g: torch.Generator) -> torch.Tensor:
+    """(N,4) inclusive tight xyxy boxes -> prompt boxes noised per ``noise`` (see BoxNoise), inside
+    the image, at least 1 px wide and high. Draws from ``g`` for every N (also exact boxes)."""
+    n = tight.shape[0]
+    extent = (tight[:, 2:] - tight[:, :2] + 1).repeat(1, 2)  # (N,4): width, height, width, height
+    outward_sign = torch.tensor([-1.0, -1.0, 1.0, 1.0])
+    kind = torch.rand(n, 1, generator=g)
+    is_exact = kind < noise.exact
+    is_loose = (kind >= noise.exact) & (kind < noise.exact + noise.loose)
+    is_truncated = (kind >= noise.exact + noise.loose) & (kind < noise.exact + noise.loose + noise.truncated)
+    sigma = _uniform((n, 1), 0, noise.side_sigma, g)
+    jitter = sigma * torch.randn(n, 4, generator=g) * outward_sign  # outward-positive, then signed
+    shift = noise.shift_sigma * torch.randn(n, 2, generator=g).repeat(1, 2)
+    offset = (jitter + shift).clamp(-noise.max_offset, noise.max_offset)
+    loose = _uniform((n, 4), *noise.loose_range, g) * outward_sign
+    cut_sides = torch.rand(n, 4, generator=g).argsort(1) < torch.randint(1, 3, (n, 1), generator=g)
+    truncate = -_uniform((n, 4), *noise.truncate_range, g) * cut_sides * outward_sign
+    offset = torch.where(is_loose, loose, torch.where(is_truncated, truncate, offset))
+    offset = torch.where(is_exact, torch.zeros_like(offset), offset)
+    return _clamp_boxes(tight + offset * extent, size)
+
+
+def perturb_boxes(tight: torch.Tensor, size: int, *, loosen: float = 0.0, shift: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
+    """Exact evaluation boxes: every side of (N,4) xyxy boxes moves outward by ``loosen`` x its
+    side, then the box moves by ``shift`` = (dx, dy) x (width, height); clamped to the image."""
     extent = (tight[:, 2:] - tight[:, :2] + 1).repeat(1, 2)
-    outward = _uniform((n, 4), *jitter, g) * extent + _uniform((n, 4), 0, 2, g)
-    boxes = tight + outward * torch.tensor([-1.0, -1.0, 1.0, 1.0])
+    moved = tight + extent * (loosen * torch.tensor([-1.0, -1.0, 1.0, 1.0]) + torch.tensor([*shift, *shift]))
+    return _clamp_boxes(moved, size)
+
+
+def _clamp_boxes(boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Boxes inside [0, size-1], with x1 >= x0 + 1 and y1 >= y0 + 1."""
     boxes = boxes.clamp(0, size - 1)
-    # Keep each box valid (x0 <= x1) and containing at least the target's centre row/column.
-    centre = (tight[:, :2] + tight[:, 2:]) / 2
-    boxes[:, :2] = torch.minimum(boxes[:, :2], centre)
-    boxes[:, 2:] = torch.maximum(boxes[:, 2:], centre)
-    return ShapeBatch(image.float(), masks, boxes.float(), tight.float())
+    low = torch.minimum(boxes[:, :2], boxes[:, 2:]).clamp(max=size - 2)
+    high = torch.maximum(torch.maximum(boxes[:, :2], boxes[:, 2:]), low + 1)
+    return torch.cat([low, high], 1).float()
 
 
 def _blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -61,28 +61,42 @@ PUBLISHED = {
 }
 VARIANTS = (*PUBLISHED, "compact")
 
-# The compact SAM keeps a 16x16 embedding grid whatever the canvas, so its cost is the same for
-# every tile size; windows of 4 tokens never straddle the 2x2 tile seams (8 tokens per tile).
-COMPACT_GRID = 16
+# The compact SAM sees a tile through up to 16x16 tokens: its embedding grid is canvas / 4 (4 px
+# patches) up to COMPACT_GRID tokens per side, so its cost stops growing at canvas 128 (tile 64).
+# Every block attends within windows of exactly one tile (grid / 2 tokens) and none globally, so a
+# tile's tokens depend on the other tiles of its canvas only through the neck's 3x3 convolution
+# at the seams (the tokens next to the seam).
+COMPACT_GRID = 32
+COMPACT_MIN_PATCH = 4
+
+
+def compact_grid(canvas_size: int) -> int:
+    """Tokens per side of the compact SAM's embedding for a canvas (see above)."""
+    return min(COMPACT_GRID, canvas_size // COMPACT_MIN_PATCH)
 
 
 def compact_config(canvas_size: int) -> SamConfig:
-    """The compact SAM for a square canvas (2 x tile size in the 2x2 merge); see module docs."""
+    """The compact SAM for a square canvas (2 x tile size in the 2x2 merge); see module docs.
+
+    Valid canvases: multiples of 16 from 32 to 128, then multiples of COMPACT_GRID (so a tile
+    is an even number of tokens wide)."""
     if isinstance(canvas_size, bool) or not isinstance(canvas_size, int):
         raise TypeError(f"canvas_size must be an int, got {type(canvas_size).__name__}")
-    if canvas_size < COMPACT_GRID * 2 or canvas_size % COMPACT_GRID:
+    grid = compact_grid(canvas_size)
+    if canvas_size < 32 or canvas_size % 16 or canvas_size % grid:
         raise ValueError(
-            f"canvas_size must be a multiple of {COMPACT_GRID} and at least {COMPACT_GRID * 2} for "
-            f"the compact SAM (tile size a multiple of {COMPACT_GRID // 2}), got {canvas_size}"
+            f"canvas_size must be at least 32 and a multiple of 16 up to 128, of {COMPACT_GRID} "
+            f"beyond, for the compact SAM (tile size a multiple of 8 up to 64, of "
+            f"{COMPACT_GRID // 2} beyond), got {canvas_size}"
         )
     return SamConfig(
         canvas_size=canvas_size,
-        patch_size=canvas_size // COMPACT_GRID,
-        embed_dim=64,
+        patch_size=canvas_size // grid,
+        embed_dim=96,
         depth=4,
         num_heads=4,
-        window_size=4,
-        global_attn_indexes=(1, 3),
+        window_size=grid // 2,
+        global_attn_indexes=(),
         prompt_dim=64,
         decoder_depth=2,
         decoder_heads=4,
@@ -165,10 +179,12 @@ def describe_state_dict(state: Mapping[str, torch.Tensor]) -> str:
     for name, config in PUBLISHED.items():
         if (width, depth, canvas) == (config.embed_dim, config.depth, config.canvas_size):
             return name
-    if canvas % COMPACT_GRID == 0 and canvas >= 2 * COMPACT_GRID:
+    try:
         compact = compact_config(canvas)
-        if (width, depth, patch_size) == (compact.embed_dim, compact.depth, compact.patch_size):
-            return f"compact (canvas {canvas})"
+    except ValueError:
+        compact = None
+    if compact is not None and (width, depth, patch_size) == (compact.embed_dim, compact.depth, compact.patch_size):
+        return f"compact (canvas {canvas})"
     return f"an unknown SAM (encoder width {width}, depth {depth}, canvas {canvas})"
 
 
