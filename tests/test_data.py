@@ -379,3 +379,27 @@ def test_main_job_uses_the_default_set(tmp_path, monkeypatch):
     run_data.data_root(TrainConfig(cache_dir=tmp_path, synthetic_cases=3, targets="B"),
                        progress=False)
     assert calls[-1][1]["cases_per_domain"] == 3 and calls[-1][1]["domains"] == ["A", "B"]
+
+
+def test_outdated_cached_set_is_replaced(tmp_path, monkeypatch):
+    """A set from an older GENERATOR_VERSION (a cache from before a calibration change) is rewritten
+    in place; one with a foreign file in it, or one from this version with other parameters, is
+    left alone and refused."""
+    out = write_synthetic(tmp_path / "syn", cases_per_domain=1, domains=["F"], previews=False,
+                          progress=False)
+    spare = write_synthetic(tmp_path / "spare", cases_per_domain=1, domains=["F"],
+                            previews=False, progress=False)
+    (spare / "notes.txt").write_text("mine")
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+    assert not is_complete(out, cases_per_domain=1, domains=["F"])
+    assert ensure_synthetic(out, cases_per_domain=1, domains=["F"], previews=False,
+                            progress=False) == out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["params"]["version"] == synthetic.GENERATOR_VERSION
+    assert is_complete(out, cases_per_domain=1, domains=["F"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spare", "syn"]  # nothing left aside
+    with pytest.raises(FileExistsError):
+        ensure_synthetic(spare, cases_per_domain=1, domains=["F"], progress=False)
+    assert (spare / "notes.txt").read_text() == "mine"
+    with pytest.raises(FileExistsError, match="other parameters"):
+        ensure_synthetic(out, cases_per_domain=1, domains=["F"], seed=9, progress=False)

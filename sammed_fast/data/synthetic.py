@@ -533,15 +533,51 @@ def write_synthetic(out_dir: str | os.PathLike, *, full: bool = False, seed: int
     return out_dir
 
 
+def _outdated_set(out_dir: Path) -> bool:
+    """True when `out_dir` holds an unmodified set written by another version of this generator and
+    nothing else (every file is in its manifest, with the recorded size): safe to replace."""
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text())
+        params, files = manifest["params"], manifest["files"]
+        if params.get("generator") != "sammed_fast.data.synthetic" \
+                or params.get("version") == GENERATOR_VERSION:
+            return False
+        present = {p.relative_to(out_dir).as_posix(): p for p in out_dir.rglob("*")
+                   if not p.is_dir()}
+        present.pop(MANIFEST, None)
+        return set(present) == set(files) and all(
+            p.is_file() and not p.is_symlink() and p.stat().st_size == files[rel]["bytes"]
+            for rel, p in present.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def ensure_synthetic(out_dir: str | os.PathLike, *, full: bool = False, seed: int = 0,
                      cases_per_domain: int | None = None, domains=None, previews: bool = True,
                      progress: bool = True) -> Path:
     """Returns `out_dir` after making sure it holds the requested set: does nothing when a complete
-    set with these parameters is there, writes one when `out_dir` is missing or empty, and raises
-    FileExistsError for anything else (a different or damaged set, unrelated files)."""
+    set with these parameters is there, writes one when `out_dir` is missing or empty, replaces a
+    set written by another GENERATOR_VERSION (an outdated cache: unmodified, nothing else in the
+    folder; the new set is written aside and swapped in), and raises FileExistsError for anything
+    else (a different or damaged set, unrelated files)."""
     out_dir = Path(out_dir)
     kw = dict(full=full, seed=seed, cases_per_domain=cases_per_domain, domains=domains)
     if is_complete(out_dir, **kw):
+        return out_dir
+    if out_dir.is_dir() and not out_dir.is_symlink() and _outdated_set(out_dir):
+        fresh = out_dir.parent / f".{out_dir.name}.new-{os.getpid()}"
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        shutil.rmtree(fresh, ignore_errors=True)
+        write_synthetic(fresh, previews=previews, progress=progress, **kw)
+        try:
+            os.rename(out_dir, old)
+            os.rename(fresh, out_dir)
+        except OSError:
+            shutil.rmtree(fresh, ignore_errors=True)
+            if is_complete(out_dir, **kw):  # another process replaced it first
+                return out_dir
+            raise
+        shutil.rmtree(old, ignore_errors=True)
         return out_dir
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         why = ("its manifest was written with other parameters or files fail their checksums"
