@@ -403,3 +403,11 @@ def test_outdated_cached_set_is_replaced(tmp_path, monkeypatch):
     assert (spare / "notes.txt").read_text() == "mine"
     with pytest.raises(FileExistsError, match="other parameters"):
         ensure_synthetic(out, cases_per_domain=1, domains=["F"], seed=9, progress=False)
+
+
+def test_docs_parameter_table_matches_acquisitions():
+    """docs/data.md publishes the per-site parameters; it must be the table ACQUISITIONS prints."""
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    assert synthetic.acquisition_table() in docs

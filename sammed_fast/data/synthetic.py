@@ -90,24 +90,24 @@ class Acquisition:
 
 #: The one table of per-domain acquisition parameters (REFERENCE section 3 for the real sites).
 ACQUISITIONS: dict[str, Acquisition] = {
-    "A": Acquisition(fov_mm=(185, 215), matrix=112, matrix_full=224, slices=14, slices_full=20,
-                     thickness_full=3.8, field="3T", noise=0.03, coil=0.0, bias=0.25, gamma=1.0,
-                     zone=1.0, fat=0.80, blur_px=0.5, scanner_max=1500),
-    "B": Acquisition(fov_mm=(165, 180), matrix=112, matrix_full=224, slices=14, slices_full=20,
-                     thickness_full=3.0, field="1.5T", noise=0.05, coil=0.9, bias=0.10, gamma=0.9,
+    "A": Acquisition(fov_mm=(190, 210), matrix=112, matrix_full=224, slices=14, slices_full=20,
+                     thickness_full=3.8, field="3T", noise=0.02, coil=0.0, bias=0.22, gamma=1.0,
+                     zone=1.0, fat=0.80, blur_px=1.0, scanner_max=1500),
+    "B": Acquisition(fov_mm=(160, 175), matrix=112, matrix_full=224, slices=14, slices_full=20,
+                     thickness_full=3.0, field="1.5T", noise=0.05, coil=0.7, bias=0.10, gamma=0.9,
                      zone=0.85, fat=0.70, blur_px=0.6, scanner_max=700),
-    "C": Acquisition(fov_mm=(225, 250), matrix=112, matrix_full=224, slices=18, slices_full=60,
-                     thickness_full=1.25, field="3T", noise=0.02, coil=0.0, bias=0.38, gamma=1.4,
+    "C": Acquisition(fov_mm=(215, 240), matrix=112, matrix_full=224, slices=18, slices_full=60,
+                     thickness_full=1.25, field="3T", noise=0.02, coil=0.0, bias=0.38, gamma=1.25,
                      zone=1.25, fat=0.95, blur_px=0.6, scanner_max=4000),
     "D": Acquisition(fov_mm=(140, 200), matrix=128, matrix_full=256, slices=16, slices_full=24,
-                     thickness_full=3.3, field="1.5T/3T", noise=0.02, coil=0.0, bias=0.35,
+                     thickness_full=3.3, field="1.5T/3T", noise=0.02, coil=0.0, bias=0.45,
                      gamma=1.2, zone=0.85, fat=0.80, blur_px=1.1, scanner_max=1000, noise_15=0.05),
-    "E": Acquisition(fov_mm=(160, 175), matrix=128, matrix_full=256, slices=16, slices_full=30,
+    "E": Acquisition(fov_mm=(153, 168), matrix=128, matrix_full=256, slices=16, slices_full=30,
                      thickness_full=2.5, field="3T", noise=0.02, coil=1.2, bias=0.10, gamma=0.9,
                      zone=1.2, fat=0.75, blur_px=0.5, scanner_max=2500),
-    "F": Acquisition(fov_mm=(190, 210), matrix=104, matrix_full=208, slices=14, slices_full=20,
-                     thickness_full=3.6, field="1.5T", noise=0.05, coil=0.0, bias=0.25, gamma=0.9,
-                     zone=0.6, fat=0.45, blur_px=1.2, scanner_max=600),
+    "F": Acquisition(fov_mm=(195, 205), matrix=104, matrix_full=208, slices=14, slices_full=20,
+                     thickness_full=3.6, field="1.5T", noise=0.05, coil=0.0, bias=0.05, gamma=0.9,
+                     zone=0.6, fat=0.66, blur_px=1.2, scanner_max=600),
 }
 
 def acquisition_table() -> str:
