@@ -271,6 +271,50 @@ def test_render_is_deterministic_and_seeded():
 def test_full_uses_real_case_counts():
     assert REAL_CASE_COUNTS == {"A": 30, "B": 30, "C": 19, "D": 13, "E": 12, "F": 12}
     assert synthetic._case_counts(True, None, list(DOMAINS)) == REAL_CASE_COUNTS
+    assert synthetic._case_counts(False, None, list(DOMAINS)) == REAL_CASE_COUNTS
+    assert synthetic._case_counts(False, 3, ["B", "F"]) == {"B": 3, "F": 3}
+
+
+def test_default_set_has_real_counts_and_records_its_parameters(tmp_path, monkeypatch):
+    """The no-argument set (what the main job writes to its cache) has the release's case count
+    per site, and its manifest records the counts and every site's acquisition parameters; a set
+    written with other acquisition parameters is not taken for it. Rendering is stubbed (the
+    writer's bookkeeping is under test, not the phantom), so this runs in seconds."""
+    rendered = []
+
+    def tiny(letter, i, *, seed=0, full=False):
+        rendered.append((letter, i, seed, full))
+        label = np.zeros((2, 4, 4), np.uint8)
+        label[:, 1:3, 1:3] = 1
+        image = (100 + i + 50 * label).astype(np.int16)
+        return image, label, (1.0, 1.0, 3.0), 0.0
+
+    monkeypatch.setattr(synthetic, "render_case", tiny)
+    out = ensure_synthetic(tmp_path / "default", previews=False, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["cases"] == REAL_CASE_COUNTS
+    assert manifest["params"]["cases"] == REAL_CASE_COUNTS
+    assert manifest["params"]["cases_per_domain"] is None and manifest["params"]["full"] is False
+    assert manifest["params"]["version"] == synthetic.GENERATOR_VERSION
+    for letter, (_, folder) in DOMAINS.items():
+        images = sorted(p.name for p in (out / folder).iterdir() if "egmentation" not in p.name)
+        assert images == [f"Case{i:02d}.nii.gz" for i in range(REAL_CASE_COUNTS[letter])]
+        assert len(load_domain(out, letter)) == REAL_CASE_COUNTS[letter]
+        recorded = manifest["params"]["acquisitions"][letter]
+        acq = ACQUISITIONS[letter]
+        for field in ("fov_mm", "matrix", "slices", "noise", "coil", "bias", "gamma", "zone", "fat",
+                      "blur_px", "scanner_max"):
+            value = getattr(acq, field)
+            assert recorded[field] == (list(value) if isinstance(value, tuple) else value), field
+    assert sorted(rendered) == sorted((d, i, 0, False) for d, n in REAL_CASE_COUNTS.items()
+                                      for i in range(n))
+    assert is_complete(out)
+    # another acquisition table (a calibration change) no longer matches the cached set
+    changed = dict(ACQUISITIONS)
+    changed["F"] = synthetic.Acquisition(**{**synthetic.asdict(ACQUISITIONS["F"]),
+                                            "fat": ACQUISITIONS["F"].fat + 0.1})
+    monkeypatch.setattr(synthetic, "ACQUISITIONS", changed)
+    assert not is_complete(out)
 
 
 def test_write_layout_manifest_and_rerun(tmp_path, capsys):
@@ -316,3 +360,54 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     (tmp_path / "junk" / "x").write_text("x")
     with pytest.raises(FileExistsError, match="no manifest"):
         ensure_synthetic(tmp_path / "junk", cases_per_domain=1, domains=["F"])
+
+
+def test_main_job_uses_the_default_set(tmp_path, monkeypatch):
+    """With no --data and no --synthetic-cases the job asks for the default set (real case counts,
+    all six domains) in its cache; --synthetic-cases N asks for N cases of the run's domains."""
+    from sammed_fast.engine import run_data
+    from sammed_fast.engine.config import TrainConfig
+
+    calls = []
+    monkeypatch.setattr(run_data, "ensure_synthetic",
+                        lambda folder, **kw: calls.append((folder, kw)) or folder)
+    run_data.data_root(TrainConfig(cache_dir=tmp_path), progress=False)
+    folder, kw = calls[-1]
+    assert folder == tmp_path / "synthetic" and kw == {"progress": False}
+    assert synthetic._case_counts(False, kw.get("cases_per_domain"), list(DOMAINS)) \
+        == REAL_CASE_COUNTS
+    run_data.data_root(TrainConfig(cache_dir=tmp_path, synthetic_cases=3, targets="B"),
+                       progress=False)
+    assert calls[-1][1]["cases_per_domain"] == 3 and calls[-1][1]["domains"] == ["A", "B"]
+
+
+def test_outdated_cached_set_is_replaced(tmp_path, monkeypatch):
+    """A set from an older GENERATOR_VERSION (a cache from before a calibration change) is rewritten
+    in place; one with a foreign file in it, or one from this version with other parameters, is
+    left alone and refused."""
+    out = write_synthetic(tmp_path / "syn", cases_per_domain=1, domains=["F"], previews=False,
+                          progress=False)
+    spare = write_synthetic(tmp_path / "spare", cases_per_domain=1, domains=["F"],
+                            previews=False, progress=False)
+    (spare / "notes.txt").write_text("mine")
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+    assert not is_complete(out, cases_per_domain=1, domains=["F"])
+    assert ensure_synthetic(out, cases_per_domain=1, domains=["F"], previews=False,
+                            progress=False) == out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["params"]["version"] == synthetic.GENERATOR_VERSION
+    assert is_complete(out, cases_per_domain=1, domains=["F"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spare", "syn"]  # nothing left aside
+    with pytest.raises(FileExistsError):
+        ensure_synthetic(spare, cases_per_domain=1, domains=["F"], progress=False)
+    assert (spare / "notes.txt").read_text() == "mine"
+    with pytest.raises(FileExistsError, match="other parameters"):
+        ensure_synthetic(out, cases_per_domain=1, domains=["F"], seed=9, progress=False)
+
+
+def test_docs_parameter_table_matches_acquisitions():
+    """docs/data.md publishes the per-site parameters; it must be the table ACQUISITIONS prints."""
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    assert synthetic.acquisition_table() in docs

@@ -41,11 +41,12 @@ from sammed_fast.data.prostate import DOMAINS, to_nifti_order
 __all__ = ["Acquisition", "ACQUISITIONS", "acquisition_table", "REAL_CASE_COUNTS", "DEFAULT_CASES", "write_synthetic",
            "ensure_synthetic", "is_complete", "render_case", "main"]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST = "manifest.json"
-#: cases per domain in the real release (``--full``) and in the default small set.
+#: cases per domain in the real release; the default set and ``--full`` both have these counts
+#: (``--cases N`` / ``cases_per_domain=N`` asks for N per domain instead: tests, quick checks).
 REAL_CASE_COUNTS = {"A": 30, "B": 30, "C": 19, "D": 13, "E": 12, "F": 12}
-DEFAULT_CASES = 8
+DEFAULT_CASES = REAL_CASE_COUNTS
 
 
 @dataclass(frozen=True)
@@ -90,23 +91,23 @@ class Acquisition:
 #: The one table of per-domain acquisition parameters (REFERENCE section 3 for the real sites).
 ACQUISITIONS: dict[str, Acquisition] = {
     "A": Acquisition(fov_mm=(190, 210), matrix=112, matrix_full=224, slices=14, slices_full=20,
-                     thickness_full=3.8, field="3T", noise=0.02, coil=0.0, bias=0.15, gamma=1.0,
-                     zone=1.0, fat=0.80, blur_px=0.5, scanner_max=1500),
-    "B": Acquisition(fov_mm=(165, 180), matrix=112, matrix_full=224, slices=14, slices_full=20,
-                     thickness_full=3.0, field="1.5T", noise=0.05, coil=0.5, bias=0.10, gamma=0.9,
+                     thickness_full=3.8, field="3T", noise=0.02, coil=0.0, bias=0.22, gamma=1.0,
+                     zone=1.0, fat=0.80, blur_px=1.0, scanner_max=1500),
+    "B": Acquisition(fov_mm=(160, 175), matrix=112, matrix_full=224, slices=14, slices_full=20,
+                     thickness_full=3.0, field="1.5T", noise=0.05, coil=0.7, bias=0.10, gamma=0.9,
                      zone=0.85, fat=0.70, blur_px=0.6, scanner_max=700),
-    "C": Acquisition(fov_mm=(225, 250), matrix=112, matrix_full=224, slices=18, slices_full=60,
-                     thickness_full=1.25, field="3T", noise=0.02, coil=0.0, bias=0.38, gamma=1.4,
+    "C": Acquisition(fov_mm=(215, 240), matrix=112, matrix_full=224, slices=18, slices_full=60,
+                     thickness_full=1.25, field="3T", noise=0.02, coil=0.0, bias=0.38, gamma=1.25,
                      zone=1.25, fat=0.95, blur_px=0.6, scanner_max=4000),
     "D": Acquisition(fov_mm=(140, 200), matrix=128, matrix_full=256, slices=16, slices_full=24,
-                     thickness_full=3.3, field="1.5T/3T", noise=0.02, coil=0.0, bias=0.35,
+                     thickness_full=3.3, field="1.5T/3T", noise=0.02, coil=0.0, bias=0.45,
                      gamma=1.2, zone=0.85, fat=0.80, blur_px=1.1, scanner_max=1000, noise_15=0.05),
-    "E": Acquisition(fov_mm=(160, 175), matrix=128, matrix_full=256, slices=16, slices_full=30,
-                     thickness_full=2.5, field="3T", noise=0.02, coil=0.4, bias=0.10, gamma=0.9,
+    "E": Acquisition(fov_mm=(153, 168), matrix=128, matrix_full=256, slices=16, slices_full=30,
+                     thickness_full=2.5, field="3T", noise=0.02, coil=1.2, bias=0.10, gamma=0.9,
                      zone=1.2, fat=0.75, blur_px=0.5, scanner_max=2500),
-    "F": Acquisition(fov_mm=(190, 210), matrix=104, matrix_full=208, slices=14, slices_full=20,
-                     thickness_full=3.6, field="1.5T", noise=0.035, coil=0.0, bias=0.25, gamma=0.9,
-                     zone=0.8, fat=0.70, blur_px=0.7, scanner_max=600),
+    "F": Acquisition(fov_mm=(195, 205), matrix=104, matrix_full=208, slices=14, slices_full=20,
+                     thickness_full=3.6, field="1.5T", noise=0.05, coil=0.0, bias=0.05, gamma=0.9,
+                     zone=0.6, fat=0.66, blur_px=1.2, scanner_max=600),
 }
 
 def acquisition_table() -> str:
@@ -426,7 +427,7 @@ def _params(full: bool, seed: int, cases_per_domain: int | None, domains) -> dic
     """The generation parameters, as they read back from the manifest (JSON types)."""
     return json.loads(json.dumps({"generator": "sammed_fast.data.synthetic", "version": GENERATOR_VERSION,
             "seed": int(seed), "full": bool(full), "cases_per_domain": cases_per_domain,
-            "domains": list(domains),
+            "domains": list(domains), "cases": _case_counts(full, cases_per_domain, domains),
             "acquisitions": {k: asdict(ACQUISITIONS[k]) for k in domains}}))
 
 
@@ -436,7 +437,7 @@ def _case_counts(full: bool, cases_per_domain: int | None, domains) -> dict[str,
                 or cases_per_domain < 1:
             raise ValueError(f"cases_per_domain must be a positive int, got {cases_per_domain!r}")
         return {d: cases_per_domain for d in domains}
-    return {d: REAL_CASE_COUNTS[d] if full else DEFAULT_CASES for d in domains}
+    return {d: REAL_CASE_COUNTS[d] for d in domains}
 
 
 def _check_domains(domains) -> list[str]:
@@ -532,15 +533,51 @@ def write_synthetic(out_dir: str | os.PathLike, *, full: bool = False, seed: int
     return out_dir
 
 
+def _outdated_set(out_dir: Path) -> bool:
+    """True when `out_dir` holds an unmodified set written by another version of this generator and
+    nothing else (every file is in its manifest, with the recorded size): safe to replace."""
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text())
+        params, files = manifest["params"], manifest["files"]
+        if params.get("generator") != "sammed_fast.data.synthetic" \
+                or params.get("version") == GENERATOR_VERSION:
+            return False
+        present = {p.relative_to(out_dir).as_posix(): p for p in out_dir.rglob("*")
+                   if not p.is_dir()}
+        present.pop(MANIFEST, None)
+        return set(present) == set(files) and all(
+            p.is_file() and not p.is_symlink() and p.stat().st_size == files[rel]["bytes"]
+            for rel, p in present.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def ensure_synthetic(out_dir: str | os.PathLike, *, full: bool = False, seed: int = 0,
                      cases_per_domain: int | None = None, domains=None, previews: bool = True,
                      progress: bool = True) -> Path:
     """Returns `out_dir` after making sure it holds the requested set: does nothing when a complete
-    set with these parameters is there, writes one when `out_dir` is missing or empty, and raises
-    FileExistsError for anything else (a different or damaged set, unrelated files)."""
+    set with these parameters is there, writes one when `out_dir` is missing or empty, replaces a
+    set written by another GENERATOR_VERSION (an outdated cache: unmodified, nothing else in the
+    folder; the new set is written aside and swapped in), and raises FileExistsError for anything
+    else (a different or damaged set, unrelated files)."""
     out_dir = Path(out_dir)
     kw = dict(full=full, seed=seed, cases_per_domain=cases_per_domain, domains=domains)
     if is_complete(out_dir, **kw):
+        return out_dir
+    if out_dir.is_dir() and not out_dir.is_symlink() and _outdated_set(out_dir):
+        fresh = out_dir.parent / f".{out_dir.name}.new-{os.getpid()}"
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        shutil.rmtree(fresh, ignore_errors=True)
+        write_synthetic(fresh, previews=previews, progress=progress, **kw)
+        try:
+            os.rename(out_dir, old)
+            os.rename(fresh, out_dir)
+        except OSError:
+            shutil.rmtree(fresh, ignore_errors=True)
+            if is_complete(out_dir, **kw):  # another process replaced it first
+                return out_dir
+            raise
+        shutil.rmtree(old, ignore_errors=True)
         return out_dir
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         why = ("its manifest was written with other parameters or files fail their checksums"
@@ -606,11 +643,11 @@ def main(argv=None) -> Path:
         description="Write the synthetic six-domain prostate set in the real release's layout.")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--full", action="store_true",
-                        help="real case counts (30,30,19,13,12,12) and slice grids")
+                        help="the real slice grids and twice the in-plane matrix")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cases", type=int, default=None,
-                        help=f"cases per domain (default {DEFAULT_CASES}, or the real counts "
-                             "with --full)")
+                        help="cases per domain (default: the real counts, "
+                             f"{'/'.join(str(n) for n in REAL_CASE_COUNTS.values())})")
     parser.add_argument("--no-previews", action="store_true")
     args = parser.parse_args(argv)
     done = is_complete(args.out, full=args.full, seed=args.seed, cases_per_domain=args.cases)
