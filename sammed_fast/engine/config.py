@@ -178,7 +178,7 @@ class TrainConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        for name in ("box_jitter", "threads", "seed"):
+        for name in ("box_jitter", "threads"):  # the seeds are checked below
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a non-negative integer, got {value!r}")

@@ -153,12 +153,13 @@ def crossfit_probs(run: RunFolder, data: RunData, config: TrainConfig, device: t
     train = data.splits["train"]
     folds = crossfit_folds(train.volumes, config.folds)
     out = torch.zeros(len(train), config.tile_size, config.tile_size)
+    row_of = {key: row for row, key in enumerate(train.keys)}
     for k, fold in enumerate(folds):
         model = build_segmenter(config.segmenter)
         run.load_best_weights(fold_name(k), model)
         part = Split(name=f"train_fold{k}", domain=train.domain, volumes=fold,
                      slices=SliceDataset(fold, tile_size=config.tile_size))
-        rows = torch.tensor([train.keys.index(key) for key in part.keys], dtype=torch.long)
+        rows = torch.tensor([row_of[key] for key in part.keys], dtype=torch.long)
         out[rows] = segmenter_probs(model.to(device).eval(), part, device, progress=progress)
     return out
 
