@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from inputs import PROB_THRESHOLD, coarse_probs, z_scored_slices
 from sammed_fast import ops
-from sammed_fast.sam import TiledSam, build_sam, freeze_for_decoder_training
+from sammed_fast.models import TiledSam, build_sam, freeze_for_decoder_training
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sammed_fast.engine.box_diagnostics import box_diagnostics, box_iou_rows
-from sammed_fast.engine.report import boxes_table
+from sammed_fast.experiment.box_diagnostics import box_diagnostics, box_iou_rows
+from sammed_fast.experiment.report import boxes_table
 
 SIZE = 16
 

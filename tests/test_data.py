@@ -12,6 +12,7 @@ from sammed_fast.data import (
     DOMAINS, SliceDataset, Volume, VolumeAssembler, find_cases, load_domain, save_like,
     split_source, to_nifti_order,
 )
+from sammed_fast.cli.synthetic import main as synthetic_main
 from sammed_fast.data import synthetic
 from sammed_fast.data.synthetic import (
     ACQUISITIONS, REAL_CASE_COUNTS, ensure_synthetic, is_complete, render_case, write_synthetic,
@@ -319,7 +320,7 @@ def test_default_set_has_real_counts_and_records_its_parameters(tmp_path, monkey
 
 def test_write_layout_manifest_and_rerun(tmp_path, capsys):
     out = tmp_path / "syn"
-    synthetic.main(["--out", str(out), "--cases", "1", "--seed", "5"])
+    synthetic_main(["--out", str(out), "--cases", "1", "--seed", "5"])
     assert "written" in capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
     for letter, (_, folder) in DOMAINS.items():
@@ -329,7 +330,7 @@ def test_write_layout_manifest_and_rerun(tmp_path, capsys):
     assert (out / "previews" / "domains.png").stat().st_size > 1000
     assert [p.name for p in tmp_path.iterdir()] == ["syn"]  # no temp folder left behind
     stamp = (out / "manifest.json").stat().st_mtime_ns
-    synthetic.main(["--out", str(out), "--cases", "1", "--seed", "5"])
+    synthetic_main(["--out", str(out), "--cases", "1", "--seed", "5"])
     assert "nothing to do" in capsys.readouterr().out
     assert (out / "manifest.json").stat().st_mtime_ns == stamp
     with pytest.raises(FileExistsError, match="other parameters"):
@@ -365,8 +366,8 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
 def test_main_job_uses_the_default_set(tmp_path, monkeypatch):
     """With no --data and no --synthetic-cases the job asks for the default set (real case counts,
     all six domains) in its cache; --synthetic-cases N asks for N cases of the run's domains."""
-    from sammed_fast.engine import run_data
-    from sammed_fast.engine.config import TrainConfig
+    from sammed_fast.experiment import run_data
+    from sammed_fast.experiment.config import TrainConfig
 
     calls = []
     monkeypatch.setattr(run_data, "ensure_synthetic",

@@ -20,13 +20,13 @@ import pytest
 import torch
 
 import sammed_fast
-from sammed_fast.engine import distributed
-from sammed_fast.engine.config import ConfigError
-from sammed_fast.engine.determinism import resolve_device
-from sammed_fast.engine.segmenter_stage import shuffled_batches
-from sammed_fast.evaluate import main as evaluate_main
-from sammed_fast.pretrain import PretrainConfig, pretrain_compact_sam
-from sammed_fast.train import main as train_main
+from sammed_fast.experiment import distributed
+from sammed_fast.errors import ConfigError
+from sammed_fast.experiment.devices import resolve_device
+from sammed_fast.experiment.fitting import shuffled_batches
+from sammed_fast.cli.evaluate import main as evaluate_main
+from sammed_fast.experiment.pretraining import PretrainConfig, pretrain_compact_sam
+from sammed_fast.cli.train import main as train_main
 
 AUDIT = Path(__file__).with_name("torchrun_audit.py")
 TORCHRUN_TIMEOUT = 300  # seconds; a two-process run of the tiny job takes about 10 s
@@ -124,7 +124,8 @@ def test_two_process_evaluation_equals_one_process_evaluation(runs, work):
         shutil.copytree(runs["two"], copy)
         shutil.rmtree(copy / "cache")
         (copy / "results.json").unlink()
-    results = evaluate_main(["--run", str(single), "--device", "cpu", "--no-progress"])
+    assert evaluate_main(["--run", str(single), "--device", "cpu", "--no-progress"]) == 0
+    results = json.loads((single / "results.json").read_text())
     # --run-dir: torchrun's own parser takes --run for an abbreviation of its --run-path.
     writes = torchrun("sammed_fast.evaluate", ["--run-dir", str(double), "--device", "cpu", "--no-progress"],
                       watched=double, records=work / "records_eval")

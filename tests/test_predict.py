@@ -17,10 +17,12 @@ import pytest
 import torch
 
 from sammed_fast.data.prostate import DOMAINS
-from sammed_fast.engine.config import ConfigError, TrainConfig
-from sammed_fast.engine.run_folder import MARKER
-from sammed_fast.predict import PredictionFailed, list_inputs, main, predict
-from sammed_fast.train import train
+from sammed_fast.errors import ConfigError
+from sammed_fast.experiment.config import TrainConfig
+from sammed_fast.experiment.run_folder import MARKER
+from sammed_fast.cli.predict import main
+from sammed_fast.experiment.prediction import PredictionFailed, list_inputs, predict
+from sammed_fast.experiment.jobs import train
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +88,13 @@ def evaluation_probs(run: Path, letter: str) -> dict[str, torch.Tensor]:
     """The oracle: the method's SAM probabilities of every volume of target split ``letter`` at its
     own resolution, from what the run stored (segmenter predictions, filtered boxes, the split's
     embedding cache), through the evaluation's code path."""
-    from sammed_fast.engine.boxes_stage import load_boxes, prompts_for
-    from sammed_fast.engine.run_data import data_root, load_run_data
-    from sammed_fast.engine.run_folder import RunFolder, load_torch
-    from sammed_fast.engine.sam_model import build_run_sam
-    from sammed_fast.engine.sam_stage import load_decoder, sam_probs
-    from sammed_fast.engine.scoring import assemble
+    from sammed_fast.experiment.boxes_stage import load_boxes
+    from sammed_fast.experiment.run_data import data_root, load_run_data
+    from sammed_fast.experiment.run_folder import RunFolder, load_torch
+    from sammed_fast.experiment.sam_model import build_run_sam
+    from sammed_fast.experiment.sam_stage import load_decoder
+    from sammed_fast.experiment.scoring import assemble
+    from sammed_fast.method.predictor import Predictor
 
     config = TrainConfig.read(run / "config.json")
     split = load_run_data(config, data_root(config, progress=False), progress=False).splits[letter]
@@ -99,11 +102,12 @@ def evaluation_probs(run: Path, letter: str) -> dict[str, torch.Tensor]:
     model = build_run_sam(run / "sam_base.pth", config, torch.device("cpu"))
     load_decoder(folder, model)
     boxes = load_boxes(folder, split)
-    prompt, keep = prompts_for(boxes, "filtered", config.empty_box)
+    predictor = Predictor(segmenter=None, prompter=config.prompter(), sam=model)
+    prompt, keep = predictor.prompter.prompts(boxes, "filtered")
     real = ~boxes["filtered_empty"] & (boxes["filtered"] != boxes["whole"]).any(1)
     assert real.any(), "no slice has a filtered box: the box filter is not exercised"
     embeddings = load_torch(run / "cache" / f"embeddings_{letter}.pt")["embeddings"]
-    probs = sam_probs(model, embeddings, prompt, keep, torch.device("cpu"))
+    probs = predictor.decode(embeddings, prompt, keep)
     assembler = assemble(split, probs)
     return {v.case_id: assembler.volume(v.key) for v in split.volumes}
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from sammed_fast import pretrain
-from sammed_fast.pretrain import PretrainConfig
-from sammed_fast.sam import TiledSam, build_sam, describe_state_dict, procedural
-from sammed_fast.sam.procedural import NO_BOX_NOISE, BoxNoise, generate, generate_polygons_and_blobs, noisy_boxes
-from sammed_fast.sam.registry import compact_config, sam_from_config
+from sammed_fast.experiment import pretraining as pretrain
+from sammed_fast.experiment.pretraining import PretrainConfig
+from sammed_fast.data import procedural
+from sammed_fast.models import TiledSam, build_sam, describe_state_dict
+from sammed_fast.data.procedural import NO_BOX_NOISE, BoxNoise, generate, generate_polygons_and_blobs, noisy_boxes
+from sammed_fast.models.sam_registry import compact_config, sam_from_config
 
 SHIPPED_TILE = 64
 TINY = PretrainConfig(tile_size=16, steps=6, canvases_per_step=1, warmup_steps=2, heldout_slices=4,

@@ -20,12 +20,13 @@ import torch
 
 from sammed_fast.atomic import save_torch_atomic, write_text_atomic
 from sammed_fast.data.prostate import CaseFiles, read_case, save_like
-from sammed_fast.engine.config import ConfigError, TrainConfig
-from sammed_fast.engine.fitting import TrainingDiverged, fit
-from sammed_fast.engine.run_folder import LOCK, MARKER, RunFolder, RunLock
-from sammed_fast.evaluate import main as evaluate_main
-from sammed_fast.train import main as train_main
-from sammed_fast.train import train
+from sammed_fast.errors import ConfigError
+from sammed_fast.experiment.config import TrainConfig
+from sammed_fast.experiment.fitting import TrainingDiverged, fit
+from sammed_fast.experiment.run_folder import LOCK, MARKER, RunFolder, RunLock
+from sammed_fast.cli.evaluate import main as evaluate_main
+from sammed_fast.cli.train import main as train_main
+from sammed_fast.experiment.jobs import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,7 +120,7 @@ def test_a_locked_run_folder_is_refused_and_untouched(cache_dir, tmp_path):
 
 def test_the_lock_dies_with_its_process(tmp_path):
     folder = tmp_path / "f"
-    code = ("import sys, time; from pathlib import Path; from sammed_fast.engine.run_folder import RunLock;"
+    code = ("import sys, time; from pathlib import Path; from sammed_fast.experiment.run_folder import RunLock;"
             "lock = RunLock.acquire(Path(sys.argv[1])); print('locked', flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
     try:
@@ -323,7 +324,7 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask, mode):
 
 # --------------------------------------------------------------------------- box noise (issue 10)
 def test_box_noise_is_seeded_bounded_and_valid():
-    from sammed_fast.engine.sam_stage import noise_boxes
+    from sammed_fast.method.prompts import noise_boxes
 
     boxes = torch.tensor([[10.0, 12, 29, 21], [0, 0, 63, 63], [5, 5, 5, 5]]).repeat(200, 1)
     draw = lambda seed: noise_boxes(boxes, 0.1, 64, torch.Generator().manual_seed(seed))  # noqa: E731
@@ -339,8 +340,8 @@ def test_box_noise_is_seeded_bounded_and_valid():
 
 
 def test_box_noise_is_used_in_training_and_never_at_evaluation(cache_dir, tmp_path, monkeypatch):
-    from sammed_fast.engine import sam_stage
-    from sammed_fast.evaluate import evaluate
+    from sammed_fast.experiment import sam_stage
+    from sammed_fast.experiment.jobs import evaluate
 
     calls = []
     original = sam_stage.noise_boxes
@@ -359,7 +360,7 @@ def test_box_noise_is_used_in_training_and_never_at_evaluation(cache_dir, tmp_pa
 
 # --------------------------------------------------------------------------- cross-fitting (issue 10)
 def test_crossfit_folds_partition_the_training_volumes():
-    from sammed_fast.engine.segmenter_stage import crossfit_folds
+    from sammed_fast.experiment.segmenter_stage import crossfit_folds
 
     volumes = [f"v{i}" for i in range(7)]
     folds = crossfit_folds(volumes, 3)
@@ -371,7 +372,7 @@ def test_crossfit_folds_partition_the_training_volumes():
 def test_crossfit_boxes_come_from_segmenters_that_never_saw_their_fold(cache_dir, tmp_path, monkeypatch):
     """Records which volumes each segmenter trains on and which volumes each fold model predicts:
     no fold is ever predicted by a model that trained on it; the decoder trains on those boxes."""
-    from sammed_fast.engine import segmenter_stage
+    from sammed_fast.experiment import segmenter_stage
 
     trained_on: dict[str, set] = {}
     original_fit = segmenter_stage._fit_segmenter
@@ -432,7 +433,7 @@ def test_real_data_with_the_cpu_segmenter_says_so(tmp_path):
     assert TrainConfig(data=tmp_path, device="cpu", segmenter="deeplabv3_resnet50").resolved().notes() == []
     assert TrainConfig(device="cpu").resolved().notes() == []  # the synthetic set: no paper to match
 
-    from sammed_fast.engine.report import results_markdown
+    from sammed_fast.experiment.report import results_markdown
 
     results = {"source": "A", "targets": ["B"], "columns": ["A", "B"], "sam": "compact", "tile_size": 64,
                "segmenter": "resnet18_lite", "theta1": 0.75, "downscale": 1, "theta2": 0.5, "empty_box": "skip",
@@ -445,8 +446,8 @@ def test_real_data_with_the_cpu_segmenter_says_so(tmp_path):
 def test_medsam_scaling_is_each_slice_min_max_scaled_to_0_1():
     """By hand: MedSAM's input is the slice min-max scaled to 0..1 in every channel; SAM's is the
     0..255 slice minus SAM's mean over SAM's std."""
-    from sammed_fast.sam import TiledSam
-    from sammed_fast.sam.registry import compact_config, sam_from_config
+    from sammed_fast.models import TiledSam
+    from sammed_fast.models.sam_registry import compact_config, sam_from_config
 
     sam = sam_from_config(compact_config(64))
     rng = np.random.default_rng(0)

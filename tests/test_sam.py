@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sammed_fast import pretrain
-from sammed_fast.sam import TiledSam, build_sam, describe_state_dict, freeze_for_decoder_training
-from sammed_fast.sam.procedural import ellipse_in_boxes, generate
-from sammed_fast.sam.registry import compact_config
+from sammed_fast.experiment import pretraining as pretrain
+from sammed_fast.models import TiledSam, build_sam, describe_state_dict, freeze_for_decoder_training
+from sammed_fast.data.procedural import generate
+from sammed_fast.method.prompts import ellipse_in_boxes
+from sammed_fast.models.sam_registry import compact_config
 
 TILE = 32
 MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)

@@ -6,9 +6,10 @@ import statistics
 import pytest
 import torch
 
-from sammed_fast.engine.config import ConfigError, TrainConfig
-from sammed_fast.engine.report import seeds_summary
-from sammed_fast.train import train
+from sammed_fast.errors import ConfigError
+from sammed_fast.experiment.config import TrainConfig
+from sammed_fast.experiment.report import seeds_summary
+from sammed_fast.experiment.jobs import train
 
 
 def test_a_seeds_run_summarises_exactly_its_per_seed_runs(tmp_path):

@@ -21,16 +21,17 @@ import torch
 from scipy import ndimage
 from torchvision.ops import masks_to_boxes
 
-from sammed_fast.engine.boxes_stage import mask_boxes, prompts_for
-from sammed_fast.engine.config import STAGES, ConfigError, TrainConfig
-from sammed_fast.engine.evaluation import ROWS
-from sammed_fast.engine.fitting import fit
-from sammed_fast.engine.run_folder import RunFolder
-from sammed_fast.engine.sam_stage import jitter_boxes
-from sammed_fast.evaluate import main as evaluate_main
-from sammed_fast.sam.registry import compact_config, sam_from_config
-from sammed_fast.train import main as train_main
-from sammed_fast.train import train
+from sammed_fast.method.prompts import mask_boxes, prompts_for
+from sammed_fast.errors import ConfigError
+from sammed_fast.experiment.config import STAGES, TrainConfig
+from sammed_fast.experiment.evaluation import ROWS
+from sammed_fast.experiment.fitting import fit
+from sammed_fast.experiment.run_folder import RunFolder
+from sammed_fast.method.prompts import jitter_boxes
+from sammed_fast.cli.evaluate import main as evaluate_main
+from sammed_fast.models.sam_registry import compact_config, sam_from_config
+from sammed_fast.cli.train import main as train_main
+from sammed_fast.experiment.jobs import train
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_CUDA = torch.cuda.is_available()
@@ -111,7 +112,7 @@ def test_config_json_round_trips(full_run):
 
 
 def test_boxes_match_independent_oracles(full_run):
-    from sammed_fast.engine.run_data import data_root, load_run_data
+    from sammed_fast.experiment.run_data import data_root, load_run_data
 
     path, _ = full_run
     config = TrainConfig.read(path / "config.json")
@@ -143,7 +144,8 @@ def test_boxes_match_independent_oracles(full_run):
 
 def test_evaluate_cli_reproduces_the_run(full_run, capsys):
     path, results = full_run
-    again = evaluate_main(["--run", str(path), "--device", "cpu", "--no-progress"])
+    assert evaluate_main(["--run", str(path), "--device", "cpu", "--no-progress"]) == 0
+    again = json.loads((path / "results.json").read_text())
     assert again["rows"] == results["rows"]
     assert again["theta2_sweep"] == results["theta2_sweep"]
     assert "SAM + filtered boxes (the method)" in capsys.readouterr().out
@@ -152,7 +154,7 @@ def test_evaluate_cli_reproduces_the_run(full_run, capsys):
 def test_compile_flag_runs_the_sam_under_torch_compile(full_run, cache_dir, tmp_path, monkeypatch):
     """--compile gives the uncompiled run's numbers (aot_eager instead of inductor: the same graph
     capture without a minute of C++ code generation per shape on this CPU)."""
-    from sammed_fast.sam import TiledSam
+    from sammed_fast.models import TiledSam
 
     _, reference = full_run
     calls = []
@@ -177,7 +179,7 @@ def test_decoder_prompts_choose_the_boxes_the_decoder_learns_from(full_run, cach
                                                                   monkeypatch):
     """--decoder-prompts gt: the decoder trains and is selected with ground-truth boxes (the paper's
     SAM+GT row of Table 3); the default run used the filtered boxes."""
-    from sammed_fast.engine import sam_stage
+    from sammed_fast.experiment import sam_stage
 
     path, reference = full_run
     assert reference["decoder_prompts"] == "filtered"
@@ -200,7 +202,7 @@ def test_decoder_prompts_choose_the_boxes_the_decoder_learns_from(full_run, cach
 
 
 def train_main_config(argv: list[str]) -> TrainConfig:
-    from sammed_fast.train import build_parser, config_from_args
+    from sammed_fast.cli.train import build_parser, config_from_args
 
     return config_from_args(build_parser().parse_args(argv))
 
@@ -438,7 +440,7 @@ def test_config_checks_are_keyword_only_and_typed():
 def test_the_mosaic_dice_of_a_run_equals_numpy_on_its_stored_predictions(full_run):
     """results.json's dice_mosaic of the segmenter row, recomputed from predictions/<split>.pt and
     the tile-size labels by numpy, mosaic = 4 consecutive slices of the split."""
-    from sammed_fast.engine.run_data import data_root, load_run_data
+    from sammed_fast.experiment.run_data import data_root, load_run_data
 
     path, results = full_run
     config = TrainConfig.read(path / "config.json")

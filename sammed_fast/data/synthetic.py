@@ -19,7 +19,6 @@ complete set with the same parameters does nothing.
 """
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import io
@@ -637,25 +636,9 @@ def _previews(cases: dict[str, tuple[np.ndarray, np.ndarray, tuple]]) -> dict[st
     return out
 
 
-def main(argv=None) -> Path:
-    parser = argparse.ArgumentParser(
-        prog="python -m sammed_fast.data.synthetic",
-        description="Write the synthetic six-domain prostate set in the real release's layout.")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--full", action="store_true",
-                        help="the real slice grids and twice the in-plane matrix")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cases", type=int, default=None,
-                        help="cases per domain (default: the real counts, "
-                             f"{'/'.join(str(n) for n in REAL_CASE_COUNTS.values())})")
-    parser.add_argument("--no-previews", action="store_true")
-    args = parser.parse_args(argv)
-    done = is_complete(args.out, full=args.full, seed=args.seed, cases_per_domain=args.cases)
-    path = ensure_synthetic(args.out, full=args.full, seed=args.seed,
-                            cases_per_domain=args.cases, previews=not args.no_previews)
-    print(f"{path}: {'already complete, nothing to do' if done else 'written'}")
-    return path
+if __name__ == "__main__":  # python -m sammed_fast.data.synthetic: the `sammed-fast synthetic` command
+    import sys
 
+    from sammed_fast.cli.synthetic import main
 
-if __name__ == "__main__":
-    main()
+    sys.exit(main())

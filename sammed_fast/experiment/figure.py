@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from sammed_fast.atomic import write_bytes_atomic
-from sammed_fast.engine.evaluation import FigureSample
+from sammed_fast.experiment.evaluation import FigureSample
 from sammed_fast.metrics import dice
 
 __all__ = ["write_figure"]

@@ -19,64 +19,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sammed_fast.engine import distributed
-from sammed_fast.engine.boxes_stage import load_boxes, prompts_for
-from sammed_fast.engine.config import TrainConfig
-from sammed_fast.engine.determinism import epoch_generator, seed_everything, stage_seed
-from sammed_fast.engine.embedding_cache import EmbeddingCache
-from sammed_fast.engine.fitting import FitResult, fit
-from sammed_fast.engine.losses import dice_bce_loss
-from sammed_fast.engine.run_data import RunData
-from sammed_fast.engine.run_folder import RunFolder
-from sammed_fast.engine.scoring import mean_volume_dice
-from sammed_fast.engine.segmenter_stage import shuffled_batches
-from sammed_fast.sam import TiledSam, freeze_for_decoder_training
+from sammed_fast.experiment import distributed
+from sammed_fast.experiment.boxes_stage import load_boxes
+from sammed_fast.method.predictor import Predictor
+from sammed_fast.method.prompts import jitter_boxes, noise_boxes
+from sammed_fast.experiment.config import TrainConfig
+from sammed_fast.experiment.seeding import epoch_generator, seed_everything, stage_seed
+from sammed_fast.experiment.embedding_cache import EmbeddingCache
+from sammed_fast.experiment.fitting import FitResult, fit, shuffled_batches
+from sammed_fast.method.losses import dice_bce_loss
+from sammed_fast.experiment.run_data import RunData
+from sammed_fast.experiment.run_folder import RunFolder
+from sammed_fast.experiment.scoring import mean_volume_dice
+from sammed_fast.models import TiledSam, freeze_for_decoder_training
 
-__all__ = ["jitter_boxes", "noise_boxes", "sam_probs", "train_decoder", "load_decoder", "INFERENCE_BATCH"]
-
-INFERENCE_BATCH = 64  # boxes per decoder call at inference
-
-
-def jitter_boxes(boxes: torch.Tensor, max_px: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """Moves each side of (B,4) xyxy boxes outward by a random 0..max_px pixels, inside the tile."""
-    if max_px == 0:
-        return boxes
-    shift = torch.randint(0, max_px + 1, boxes.shape, generator=generator).float()
-    return (boxes + shift * torch.tensor([-1.0, -1.0, 1.0, 1.0])).clamp(0, size - 1)
-
-
-def noise_boxes(boxes: torch.Tensor, fraction: float, size: int, generator: torch.Generator) -> torch.Tensor:
-    """Moves each side of (B,4) inclusive xyxy boxes by its own uniform random amount in
-    [-fraction, fraction] of the box's extent along that axis (so boxes shift, shrink and grow, as
-    SAM's training boxes were noised), rounded to pixels, kept inside the tile and valid."""
-    if fraction == 0 or len(boxes) == 0:
-        return boxes
-    extent = (boxes[:, 2:] - boxes[:, :2] + 1).repeat(1, 2)
-    step = (torch.rand(boxes.shape, generator=generator) * 2 - 1) * fraction * extent
-    moved = (boxes + step).round().clamp(0, size - 1)
-    return torch.cat([torch.minimum(moved[:, :2], moved[:, 2:]), torch.maximum(moved[:, :2], moved[:, 2:])], 1)
-
-
-@torch.no_grad()
-def sam_probs(model: TiledSam, embeddings: torch.Tensor, boxes: torch.Tensor, keep: torch.Tensor,
-              device: torch.device, *, progress: bool = False, desc: str = "SAM decoder") -> torch.Tensor:
-    """SAM probabilities (N,t,t) float32 on the CPU for slices prompted with ``boxes`` (N,4);
-    slices with keep False get 0 (no SAM call). Deterministic, and the same on every rank (each
-    rank decodes a share of the batches)."""
-    model.eval()
-    t = model.tile_size
-    out = torch.zeros(boxes.shape[0], t, t)
-    chunks = torch.nonzero(keep).flatten().split(INFERENCE_BATCH)
-    embeddings = embeddings.to(device)
-
-    def chunk_probs(chunk: torch.Tensor) -> torch.Tensor:
-        logits = model.decode(embeddings, boxes[chunk].to(device), chunk.to(device))
-        return torch.sigmoid(logits.float())[:, 0].cpu()
-
-    probs = distributed.map_sharded(chunk_probs, chunks, desc=desc, unit="batch", progress=progress)
-    for chunk, chunk_out in zip(chunks, probs):
-        out[chunk] = chunk_out
-    return out
+__all__ = ["train_decoder", "load_decoder"]
 
 
 class _DecoderStep(nn.Module):
@@ -100,17 +57,18 @@ def load_decoder(run: RunFolder, model: TiledSam) -> None:
     model.eval()
 
 
-def train_decoder(run: RunFolder, data: RunData, config: TrainConfig, model: TiledSam,
+def train_decoder(run: RunFolder, data: RunData, config: TrainConfig, predictor: Predictor,
                   cache: EmbeddingCache, device: torch.device, *, resume: bool) -> FitResult:
-    """Fine-tunes ``model``'s mask decoder; leaves the best epoch's weights in it."""
+    """Fine-tunes the mask decoder of ``predictor.sam``; leaves the best epoch's weights in it."""
+    model = predictor.sam
     seed_everything(stage_seed(config.seed, "decoder"))
     parameters = freeze_for_decoder_training(model)
     # The IoU head and the three multimask outputs never reach the loss: DDP must skip them.
     decode = distributed.wrap(_DecoderStep(model), device, find_unused_parameters=True)
     optimizer = torch.optim.Adam(parameters, lr=config.decoder_lr)
     train, val = data.splits["train"], data.splits["val"]
-    train_boxes, keep = prompts_for(load_boxes(run, train), config.decoder_prompts, config.empty_box)
-    val_boxes, val_keep = prompts_for(load_boxes(run, val), config.decoder_prompts, config.empty_box)
+    train_boxes, keep = predictor.prompter.prompts(load_boxes(run, train), config.decoder_prompts)
+    val_boxes, val_keep = predictor.prompter.prompts(load_boxes(run, val), config.decoder_prompts)
     rows = torch.nonzero(keep).flatten()
     if len(rows) == 0:
         run.log(f"warning: no source training slice has a {config.decoder_prompts} box, so the "
@@ -140,7 +98,7 @@ def train_decoder(run: RunFolder, data: RunData, config: TrainConfig, model: Til
         return total / count if count else None
 
     def validate() -> float:
-        probs = sam_probs(model, val_embeddings, val_boxes, val_keep, device)
+        probs = predictor.decode(val_embeddings, val_boxes, val_keep)
         return mean_volume_dice(val, probs, threshold=config.theta2)
 
     return fit(run=run, name="decoder", module=model.sam.mask_decoder, optimizer=optimizer,

@@ -320,16 +320,3 @@ def _blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(n, 1, 1, -1), groups=n)
     x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(n, 1, -1, 1), groups=n)
     return x.transpose(0, 1)
-
-
-def ellipse_in_boxes(boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """(N,4) inclusive xyxy boxes -> (N,1,size,size) float masks of the inscribed ellipses.
-
-    A baseline: what the box alone is worth as a segmentation."""
-    centre = torch.arange(size, dtype=torch.float32)
-    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    rx = ((boxes[:, 2] - boxes[:, 0] + 1) / 2).clamp_min(0.5)
-    ry = ((boxes[:, 3] - boxes[:, 1] + 1) / 2).clamp_min(0.5)
-    dx = (centre.view(1, 1, -1) - cx.view(-1, 1, 1)) / rx.view(-1, 1, 1)
-    dy = (centre.view(1, -1, 1) - cy.view(-1, 1, 1)) / ry.view(-1, 1, 1)
-    return (dx * dx + dy * dy <= 1).float().unsqueeze(1)

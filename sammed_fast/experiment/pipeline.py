@@ -18,26 +18,24 @@ from pathlib import Path
 
 import torch
 
-from sammed_fast.engine import distributed
-from sammed_fast.engine.boxes_stage import compute_split_boxes
-from sammed_fast.engine.config import STAGES, ConfigError, TrainConfig
-from sammed_fast.engine.determinism import resolve_device
-from sammed_fast.engine.embedding_cache import EmbeddingCache
-from sammed_fast.engine.evaluation import evaluate_run_data
-from sammed_fast.engine.figure import write_figure
-from sammed_fast.engine.fitting import FitResult
-from sammed_fast.engine.report import write_results
-from sammed_fast.engine.run_data import RunData, check_data, data_root, load_run_data
-from sammed_fast.engine.run_folder import MARKER, RunFolder, is_run_folder
-from sammed_fast.engine.sam_model import base_checkpoint, build_run_sam, check_sam, weights_fingerprint
-from sammed_fast.engine.sam_stage import load_decoder, train_decoder
-from sammed_fast.engine.segmenter_stage import (CROSSFIT, build_run_segmenter, load_predictions,
-                                                load_segmenter, predict_splits, train_segmenter)
-from sammed_fast.sam import TiledSam
+from sammed_fast.errors import ConfigError
+from sammed_fast.experiment import distributed
+from sammed_fast.experiment.boxes_stage import compute_split_boxes
+from sammed_fast.experiment.config import STAGES, TrainConfig
+from sammed_fast.experiment.devices import resolve_device
+from sammed_fast.experiment.evaluation import evaluate_run_data
+from sammed_fast.experiment.figure import write_figure
+from sammed_fast.experiment.fitting import FitResult
+from sammed_fast.experiment.report import write_results
+from sammed_fast.experiment.run_data import RunData, check_data, data_root, load_run_data
+from sammed_fast.experiment.run_folder import RunFolder
+from sammed_fast.experiment.run_method import RunMethod, open_finished_run
+from sammed_fast.experiment.sam_model import check_sam
+from sammed_fast.experiment.sam_stage import train_decoder
+from sammed_fast.experiment.segmenter_stage import (CROSSFIT, build_run_segmenter, fold_name, load_predictions,
+                                                    predict_splits, train_segmenter)
 
 __all__ = ["preflight", "run_pipeline", "evaluate_run"]
-
-EVALUATION_OUTPUTS = ["results.json", "results.md", "cases.csv", "figure.png"]
 
 
 def preflight(config: TrainConfig) -> TrainConfig:
@@ -73,42 +71,18 @@ def _cpu_threads(threads: int, device: str):
         torch.set_num_threads(before)
 
 
-@dataclasses.dataclass
-class _Sam:
-    """The run's SAM and its embedding cache, built on first use."""
-
-    run: RunFolder
-    config: TrainConfig
-    data: RunData
-    device: torch.device
-    model: TiledSam | None = None
-    cache: EmbeddingCache | None = None
-
-    def get(self) -> tuple[TiledSam, EmbeddingCache]:
-        if self.model is None:
-            checkpoint = distributed.main_only(lambda: base_checkpoint(self.run, self.config))
-            self.model = build_run_sam(checkpoint, self.config, self.device,
-                                       compile_parts=self.config.compile)
-            directory = self.run.path / "cache" if self.config.embedding_cache == "disk" else None
-            self.cache = EmbeddingCache(model=self.model, data=self.data, device=self.device,
-                                        weights_id=weights_fingerprint(checkpoint), directory=directory,
-                                        progress=self.config.progress)
-        return self.model, self.cache
-
-
 def _selection(run: RunFolder) -> dict:
     return {stage: {k: run.stage_info(stage)[k] for k in ("best_epoch", "val_dice")}
             for stage in ("segmenter", "decoder")}
 
 
-def _evaluate(run: RunFolder, data: RunData, config: TrainConfig, sam: _Sam) -> dict:
-    model, cache = sam.get()
-    load_decoder(run, model)
-    result = evaluate_run_data(run=run, data=data, config=config, model=model, cache=cache,
-                               device=sam.device, extra={"selection": _selection(run)})
+def _evaluate(run: RunFolder, data: RunData, config: TrainConfig, method: RunMethod) -> dict:
+    predictor = method.with_decoder()
+    result = evaluate_run_data(run=run, data=data, config=config, predictor=predictor,
+                               cache=method.embeddings(data), extra={"selection": _selection(run)})
     if run.writes:
         write_results(run.path, result.results, result.cases)
-        write_figure(run.path / "figure.png", result.samples)
+        write_figure(run.paths.figure, result.samples)
     for row, entry in result.results["rows"].items():
         run.scalar(f"results/{row}_dice3d_target_mean", entry["dice3d"]["target_mean"], 0)
     return result.results
@@ -120,17 +94,17 @@ def _fit_info(fitted: FitResult) -> dict:
             "processes": distributed.world_size()}
 
 
-def _run_stage(stage: str, run: RunFolder, data: RunData, config: TrainConfig, sam: _Sam,
+def _run_stage(stage: str, run: RunFolder, data: RunData, config: TrainConfig, method: RunMethod,
                *, may_resume: bool) -> tuple[list[str], dict]:
     """Runs one stage; returns (outputs relative to the run folder, info for state.json)."""
-    device = sam.device
+    device = method.device
     if stage == "segmenter":
         _, fitted = train_segmenter(run, data, config, device, resume=may_resume)
-        folds = [f"checkpoints/segmenter_fold{k}_best.pt" for k in range(config.folds)]
-        return ["checkpoints/segmenter_best.pt", *folds], _fit_info(fitted)
+        names = ["segmenter", *(fold_name(k) for k in range(config.folds))]
+        return [run.paths.relative(run.paths.checkpoint(name, "best")) for name in names], _fit_info(fitted)
     if stage == "predict":
-        model = load_segmenter(run, config, device)
-        return predict_splits(run, data, model, device, config=config, progress=config.progress), {}
+        predictor = method.with_segmenter()
+        return predict_splits(run, data, predictor, device, config=config, progress=config.progress), {}
     if stage == "boxes":  # cheap: rank 0 alone
         def boxes() -> list[str]:
             probs = {name: load_predictions(run, split) for name, split in data.splits.items()}
@@ -139,12 +113,12 @@ def _run_stage(stage: str, run: RunFolder, data: RunData, config: TrainConfig, s
 
         return distributed.main_only(boxes), {}
     if stage == "decoder":
-        model, cache = sam.get()
-        fitted = train_decoder(run, data, config, model, cache, device, resume=may_resume)
-        return ["checkpoints/decoder_best.pt"], _fit_info(fitted)
+        predictor = method.with_sam()
+        fitted = train_decoder(run, data, config, predictor, method.embeddings(data), device, resume=may_resume)
+        return [run.paths.relative(run.paths.checkpoint("decoder", "best"))], _fit_info(fitted)
     if stage == "evaluate":
-        _evaluate(run, data, config, sam)
-        return list(EVALUATION_OUTPUTS), {}
+        _evaluate(run, data, config, method)
+        return [run.paths.relative(path) for path in run.paths.evaluation], {}
     raise ValueError(f"unknown stage {stage!r}")
 
 
@@ -174,14 +148,14 @@ def _run_pipeline(config: TrainConfig) -> Path:
                 + (f"; {processes} processes (torchrun)" if processes > 1 else ""))
         for note in config.notes():
             run.log(f"note: {note}")
-        sam = _Sam(run=run, config=config, data=data, device=device)
+        method = RunMethod(run, config, device)
         may_skip = config.resume
         for stage in STAGES:
             if may_skip and run.is_finished(stage):
                 run.log(f"stage {stage}: already finished, skipped")
             else:
                 run.start_stage(stage, may_resume=may_skip)
-                outputs, info = _run_stage(stage, run, data, config, sam, may_resume=may_skip)
+                outputs, info = _run_stage(stage, run, data, config, method, may_resume=may_skip)
                 run.finish_stage(stage, outputs=outputs, info=info)
                 may_skip = False
             if stage == config.stop_after:
@@ -197,18 +171,12 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", progress: bool = 
     results.json, results.md, cases.csv and figure.png and returns the results. Under torchrun the
     ranks share the work, rank 0 writes, and every rank returns the results."""
     run_dir = Path(run_dir)
-    if not is_run_folder(run_dir):
-        raise ConfigError(f"--run {run_dir}: not a sammed_fast run folder (no {MARKER} marker)")
-    if not (run_dir / "config.json").is_file():
-        raise ConfigError(f"--run {run_dir}: incomplete run folder (no config.json); finish it with "
-                          f"`python -m sammed_fast.train --out {run_dir} --resume`")
-    with distributed.session(resolve_device(device)), \
-            _cpu_threads(TrainConfig.read(run_dir / "config.json").threads, device):
-        return _evaluate_run(run_dir, device=device, progress=progress and distributed.is_main())
+    _, stored = open_finished_run(run_dir)
+    with distributed.session(resolve_device(device)), _cpu_threads(stored.threads, device):
+        return _evaluate_run(run_dir, stored, device=device, progress=progress and distributed.is_main())
 
 
-def _evaluate_run(run_dir: Path, *, device: str, progress: bool) -> dict:
-    stored = TrainConfig.read(run_dir / "config.json")
+def _evaluate_run(run_dir: Path, stored: TrainConfig, *, device: str, progress: bool) -> dict:
     config = preflight(dataclasses.replace(stored, device=device, progress=progress, resume=True))
     run = RunFolder.open_existing(run_dir, config)
     try:
@@ -219,9 +187,8 @@ def _evaluate_run(run_dir: Path, *, device: str, progress: bool) -> dict:
         root = distributed.main_only(lambda: data_root(config, progress=progress))
         data = load_run_data(config, root, progress=progress)
         run.start_stage("evaluate", may_resume=False)
-        results = _evaluate(run, data, config, _Sam(run=run, config=config, data=data,
-                                                    device=resolve_device(device)))
-        run.finish_stage("evaluate", outputs=list(EVALUATION_OUTPUTS))
+        results = _evaluate(run, data, config, RunMethod(run, config, resolve_device(device), create_sam=False))
+        run.finish_stage("evaluate", outputs=[run.paths.relative(path) for path in run.paths.evaluation])
     finally:
         run.close()
     return results

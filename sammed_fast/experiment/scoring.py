@@ -18,8 +18,8 @@ from typing import Sequence
 import torch
 
 from sammed_fast.data import Volume, VolumeAssembler
-from sammed_fast.engine import distributed
-from sammed_fast.engine.run_data import Split
+from sammed_fast.experiment import distributed
+from sammed_fast.experiment.run_data import Split
 from sammed_fast.metrics import dice_per_slice, dice_per_volume
 
 __all__ = ["CaseScore", "assemble", "score_split", "mean_volume_dice"]

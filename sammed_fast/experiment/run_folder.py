@@ -1,7 +1,8 @@
 """The run folder: config.json, state.json (finished stages, for --resume), atomic checkpoints
 (latest and best), a log file and TensorBoard scalars.
 
-Layout::
+The layout is owned by :class:`RunPaths` (every path of a run folder comes from it, and the list of
+entries a run manages derives from it)::
 
     .sammed_fast_run       marker: this folder is a sammed_fast run folder (JSON: tool, format, created)
     .lock                  held (fcntl.flock) by the one process that writes the folder
@@ -10,7 +11,11 @@ Layout::
     train.log              timestamped messages
     checkpoints/           <name>_latest.pt (resume) and <name>_best.pt (selected on source val)
     tensorboard/           event files
-    predictions/ boxes/ cache/ results.json results.md cases.csv figure.png   (written by stages)
+    predictions/<split>.pt coarse probabilities (float16) of every slice of a split
+    boxes/<split>.pt       box prompts of every kind
+    cache/embeddings_<split>.pt   canvas embeddings of the frozen SAM encoder (float16)
+    sam_base.pth/.json     SAM base weights made for this run (compact_pretrain_steps only)
+    results.json results.md cases.csv figure.png   the evaluation
 
 Only a folder with the marker is ever cleared or rewritten: ``--out`` naming a non-empty folder
 without it (another tool's, or a run of a sammed_fast version older than the marker) is refused and
@@ -28,6 +33,7 @@ finishing a stage is a barrier, so a stage's files are complete before any rank 
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import fcntl
 import json
@@ -40,19 +46,110 @@ import torch
 from tqdm.auto import tqdm
 
 from sammed_fast.atomic import save_torch_atomic, write_text_atomic
-from sammed_fast.engine import distributed
-from sammed_fast.engine.config import STAGES, ConfigError, TrainConfig
+from sammed_fast.experiment import distributed
+from sammed_fast.errors import ConfigError
+from sammed_fast.experiment.config import STAGES, TrainConfig
 
-__all__ = ["RunFolder", "RunLock", "load_torch", "is_run_folder", "MARKER", "LOCK"]
+__all__ = ["RunFolder", "RunLock", "RunPaths", "load_torch", "is_run_folder", "MARKER", "LOCK"]
 
 #: The file that marks a folder as a sammed_fast run folder, and the lock file.
 MARKER, LOCK = ".sammed_fast_run", ".lock"
 MARKER_FORMAT = 1
+CHECKPOINT_KINDS = ("latest", "best")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+    """Every path of the run folder ``root`` (see the module docs for the layout)."""
+
+    root: Path
+
+    @property
+    def marker(self) -> Path:
+        return self.root / MARKER
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "train.log"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    def checkpoint(self, name: str, kind: str) -> Path:
+        """checkpoints/<name>_<kind>.pt; kind "latest" (resume) or "best" (selected on source val)."""
+        if kind not in CHECKPOINT_KINDS:
+            raise ValueError(f"kind must be one of {CHECKPOINT_KINDS}, got {kind!r}")
+        return self.root / "checkpoints" / f"{name}_{kind}.pt"
+
+    def predictions(self, split: str) -> Path:
+        return self.root / "predictions" / f"{split}.pt"
+
+    def boxes(self, split: str) -> Path:
+        return self.root / "boxes" / f"{split}.pt"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.root / "cache"
+
+    def embeddings(self, split: str) -> Path:
+        return self.embeddings_dir / f"embeddings_{split}.pt"
+
+    @property
+    def sam_base(self) -> Path:
+        """The SAM base weights a run made for itself (``compact_pretrain_steps``); the sidecar of
+        a pretrained one sits next to it with the suffix .json."""
+        return self.root / "sam_base.pth"
+
+    @property
+    def results_json(self) -> Path:
+        return self.root / "results.json"
+
+    @property
+    def results_md(self) -> Path:
+        return self.root / "results.md"
+
+    @property
+    def cases_csv(self) -> Path:
+        return self.root / "cases.csv"
+
+    @property
+    def figure(self) -> Path:
+        return self.root / "figure.png"
+
+    @property
+    def evaluation(self) -> tuple[Path, ...]:
+        """What the evaluate stage writes."""
+        return self.results_json, self.results_md, self.cases_csv, self.figure
+
+    def relative(self, path: Path) -> str:
+        return str(Path(path).relative_to(self.root))
+
+    @classmethod
+    def managed(cls) -> tuple[str, ...]:
+        """The top-level entries a run writes (never the marker or the lock): exactly what starting
+        a run folder over removes."""
+        paths = cls(Path("."))
+        every = [paths.config, paths.state, paths.log, paths.tensorboard, paths.checkpoint("x", "best"),
+                 paths.predictions("x"), paths.boxes("x"), paths.embeddings("x"), paths.sam_base,
+                 paths.sam_base.with_suffix(".json"), *paths.evaluation]
+        return tuple(dict.fromkeys(path.parts[0] for path in every))
+
 
 #: Everything a run writes; removed when a run folder is started over (never anything else).
-MANAGED = ("config.json", "state.json", "train.log", "checkpoints", "predictions", "boxes", "cache",
-           "tensorboard", "results.json", "results.md", "cases.csv", "figure.png", "sam_base.pth",
-           "sam_base.json")
+MANAGED = RunPaths.managed()
 
 
 def load_torch(path: Path) -> Any:
@@ -71,7 +168,7 @@ def _now() -> str:
 def is_run_folder(path: Path) -> bool:
     """True when ``path`` carries the sammed_fast run-folder marker."""
     try:
-        marker = json.loads((Path(path) / MARKER).read_text())
+        marker = json.loads(RunPaths(Path(path)).marker.read_text())
     except (OSError, ValueError):
         return False
     return isinstance(marker, dict) and marker.get("tool") == "sammed_fast"
@@ -93,7 +190,7 @@ def mark_run_folder(path: Path) -> None:
     """Creates ``path`` if needed and writes the run-folder marker into it."""
     path.mkdir(parents=True, exist_ok=True)
     marker = {"tool": "sammed_fast", "format": MARKER_FORMAT, "created": _now()}
-    write_text_atomic(path / MARKER, json.dumps(marker) + "\n")
+    write_text_atomic(RunPaths(path).marker, json.dumps(marker) + "\n")
 
 
 class RunLock:
@@ -108,7 +205,7 @@ class RunLock:
     @classmethod
     def acquire(cls, folder: Path) -> "RunLock":
         folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / LOCK, "a+", encoding="utf-8")
+        handle = open(RunPaths(folder).lock, "a+", encoding="utf-8")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -135,6 +232,7 @@ class RunFolder:
 
     def __init__(self, *, path: Path, config: TrainConfig) -> None:
         self.path = Path(path)
+        self.paths = RunPaths(self.path)
         self.config = config
         self.writes = distributed.is_main()  # False on the other ranks of a torchrun launch
         self._writer = None
@@ -174,10 +272,10 @@ class RunFolder:
         path = Path(config.out)
         ours = is_run_folder(path)
         if ours and config.resume:
-            if not (path / "config.json").is_file():
+            if not RunPaths(path).config.is_file():
                 raise ConfigError(f"--resume: run folder {path} has no config.json (its run was "
                                   "interrupted while starting); run without --resume to start over")
-            old = TrainConfig.read(path / "config.json")
+            old = TrainConfig.read(RunPaths(path).config)
             diffs = config.differences(old)
             if diffs:
                 raise ConfigError(f"--resume: run folder {path} was made with other settings "
@@ -192,7 +290,7 @@ class RunFolder:
                     target.unlink(missing_ok=True)
         else:
             mark_run_folder(path)
-        config.write(path / "config.json")
+        config.write(RunPaths(path).config)
         return "resuming" if ours and config.resume else ("starting over in" if ours else "new run in")
 
     @classmethod
@@ -213,14 +311,14 @@ class RunFolder:
     # ------------------------------------------------------------------ stage state
     def _read_state(self) -> dict:
         try:
-            state = json.loads((self.path / "state.json").read_text())
+            state = json.loads(self.paths.state.read_text())
         except (OSError, ValueError):
             return {"stages": {}}
         return state if isinstance(state.get("stages"), dict) else {"stages": {}}
 
     def _write_state(self) -> None:
         if self.writes:
-            write_text_atomic(self.path / "state.json", json.dumps(self._state, indent=2) + "\n")
+            write_text_atomic(self.paths.state, json.dumps(self._state, indent=2) + "\n")
 
     def is_finished(self, stage: str) -> bool:
         """True when ``stage`` finished and every output it listed still exists."""
@@ -255,9 +353,7 @@ class RunFolder:
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_path(self, name: str, kind: str) -> Path:
-        if kind not in ("latest", "best"):
-            raise ValueError(f"kind must be 'latest' or 'best', got {kind!r}")
-        return self.path / "checkpoints" / f"{name}_{kind}.pt"
+        return self.paths.checkpoint(name, kind)
 
     def save_checkpoint(self, name: str, kind: str, payload: dict) -> Path:
         path = self.checkpoint_path(name, kind)
@@ -294,7 +390,7 @@ class RunFolder:
         if not self.writes:
             return
         line = f"{_now()} {message}"
-        with open(self.path / "train.log", "a", encoding="utf-8") as handle:
+        with open(self.paths.log, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
         if echo:
             tqdm.write(message)
@@ -306,7 +402,7 @@ class RunFolder:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.path / "tensorboard"))
+            self._writer = SummaryWriter(log_dir=str(self.paths.tensorboard))
         self._writer.add_scalar(tag, float(value), step)
 
     def flush(self) -> None:

@@ -15,24 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from sammed_fast.atomic import write_text_atomic
+from sammed_fast.errors import ConfigError
+from sammed_fast.experiment.devices import resolve_device
+from sammed_fast.method.prompts import EMPTY_BOX_POLICIES, PROMPT_KINDS, BoxPrompter
 from sammed_fast.data.prostate import DOMAINS
-from sammed_fast.sam.tiled import PRECISIONS
+from sammed_fast.models.tiled_sam import PRECISIONS
 
 __all__ = ["ConfigError", "TrainConfig", "STAGES", "SYNTHETIC_EPOCHS", "REAL_EPOCHS", "SAM_CHOICES"]
-
-
-class ConfigError(ValueError):
-    """Bad input to the main job; the CLI prints the message alone (no traceback)."""
 
 
 #: The stages of one run, in order; ``stop_after`` and the resume state use these names.
 STAGES = ("segmenter", "predict", "boxes", "decoder", "evaluate")
 SAM_CHOICES = ("compact", "vit_b", "vit_l", "vit_h")
 SAM_SCALINGS = ("sam", "medsam")
-EMPTY_BOX_POLICIES = ("skip", "full")
-#: Box prompt kinds of the boxes stage (see engine.boxes_stage); "crossfit" exists only in runs
-#: whose decoder trains on cross-fitted boxes (``decoder_prompts="crossfit"``).
-PROMPT_KINDS = ("whole", "unfiltered", "filtered", "gt", "crossfit")
 #: (segmenter epochs, decoder epochs) for the built-in synthetic set: sized so that the whole
 #: default run, first compact-SAM pretraining included, stays within 15 minutes on 2 CPU cores.
 SYNTHETIC_EPOCHS = (60, 40)
@@ -227,6 +222,10 @@ class TrainConfig:
                          f"default on a CPU; pass --segmenter {GPU_SEGMENTER} to use the paper's)")
         return notes
 
+    def prompter(self) -> BoxPrompter:
+        """The box filter of this (resolved) config."""
+        return BoxPrompter(theta1=self.theta1, downscale=self.downscale, empty_box=self.empty_box)
+
     @property
     def synthetic(self) -> bool:
         return self.data is None
@@ -240,8 +239,6 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """A copy with every None default filled in (segmenter, tile size, downscale, epochs,
         targets, out)."""
-        from sammed_fast.engine.determinism import resolve_device
-
         seg_epochs, dec_epochs = SYNTHETIC_EPOCHS if self.synthetic else REAL_EPOCHS
         name = "all" if self.all_sources else self.source + ("_seeds" if self.seeds else "")
         out = self.out or Path("runs") / f"sammed_fast_{name}"

@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 
 from sammed_fast.atomic import save_torch_atomic
-from sammed_fast.engine.config import ConfigError, TrainConfig
-from sammed_fast.engine.run_data import cache_dir
-from sammed_fast.engine.run_folder import RunFolder
-from sammed_fast.pretrain import PretrainConfig, ensure_compact_sam, pretrain_compact_sam
-from sammed_fast.sam import TiledSam, build_sam, config_for, describe_state_dict, freeze_for_decoder_training
-from sammed_fast.sam.registry import compact_config, expected_description, sam_from_config
+from sammed_fast.errors import ConfigError
+from sammed_fast.experiment.config import TrainConfig
+from sammed_fast.experiment.run_data import cache_dir
+from sammed_fast.experiment.run_folder import RunFolder
+from sammed_fast.experiment.pretraining import PretrainConfig, ensure_compact_sam, find_compact_sam, pretrain_compact_sam
+from sammed_fast.models import TiledSam, build_sam, config_for, describe_state_dict, freeze_for_decoder_training
+from sammed_fast.models.sam_registry import compact_config, expected_description, sam_from_config
 
 __all__ = ["check_sam", "base_checkpoint", "build_run_sam", "weights_fingerprint"]
 
@@ -56,19 +57,29 @@ def check_sam(config: TrainConfig) -> None:
                           f"--tile-size {config.tile_size} needs {wanted}")
 
 
-def base_checkpoint(run: RunFolder, config: TrainConfig) -> Path:
-    """The SAM state dict the run starts from (see module docs); creates it when needed."""
+def base_checkpoint(run: RunFolder, config: TrainConfig, *, create: bool = True) -> Path:
+    """The SAM state dict the run starts from (see module docs); creates it when needed and
+    ``create``, else (a finished run applied to new data must use the very weights its decoder was
+    trained on) a missing or unusable file is a ConfigError."""
     if config.sam_checkpoint is not None:
-        return Path(config.sam_checkpoint)
+        path = Path(config.sam_checkpoint)
+        if not create and not path.is_file():
+            raise ConfigError(f"the run's SAM checkpoint {path} is missing")
+        return path
     if config.sam != "compact":
         raise ConfigError(f"--sam {config.sam} needs --sam-checkpoint")
     steps = config.compact_pretrain_steps
     if steps is None:
-        return ensure_compact_sam(tile_size=config.tile_size, cache_dir=cache_dir(config),
-                                  progress=config.progress)
-    path = run.path / "sam_base.pth"
+        if create:
+            return ensure_compact_sam(tile_size=config.tile_size, cache_dir=cache_dir(config),
+                                      progress=config.progress)
+        return find_compact_sam(tile_size=config.tile_size, cache_dir=cache_dir(config))
+    path = run.paths.sam_base
     if path.is_file():
         return path
+    if not create:
+        raise ConfigError(f"the SAM base weights of run {run.path} ({path}) are missing; finish the "
+                          f"run with `python -m sammed_fast.train --out {run.path} --resume`")
     if steps == 0:
         torch.manual_seed(config.seed)
         sam = sam_from_config(compact_config(GRID * config.tile_size))

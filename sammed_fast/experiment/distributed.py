@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from sammed_fast.engine.config import ConfigError
+from sammed_fast.errors import ConfigError
 
 __all__ = ["launched_world_size", "local_rank", "rank", "world_size", "is_main", "init", "shutdown",
            "session", "barrier", "shard_indices", "shard", "all_gather", "broadcast", "main_only",

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sammed_fast.engine import distributed
-from sammed_fast.engine.config import ConfigError
-from sammed_fast.engine.run_folder import RunFolder
+from sammed_fast.experiment import distributed
+from sammed_fast.errors import ConfigError
+from sammed_fast.experiment.run_folder import RunFolder
 
-__all__ = ["FitResult", "TrainingDiverged", "fit"]
+__all__ = ["FitResult", "TrainingDiverged", "fit", "shuffled_batches"]
 
 
 class TrainingDiverged(ConfigError):
@@ -114,3 +114,21 @@ def fit(
     module.load_state_dict(best["model"])
     module.eval()
     return FitResult(best_epoch=int(best["epoch"]), best_score=float(best["score"]), history=history)
+
+
+def shuffled_batches(n: int, batch: int, generator: torch.Generator, *, rank: int | None = None,
+                     world_size: int | None = None) -> list[torch.Tensor]:
+    """This rank's batches of one epoch (default: this process's rank of all of them).
+
+    A random permutation of range(n), the same on every rank, is split between the ranks as
+    DistributedSampler does (padded by repeating its start so that every rank gets as many slices,
+    then every world_size-th slice) and cut into batches of ``batch``; a last batch of one joins
+    the previous one (BatchNorm cannot train on a single slice). One process: the permutation cut
+    into batches.
+    """
+    order = torch.randperm(n, generator=generator)
+    mine = distributed.shard_indices(n, strided=True, pad=True, rank=rank, world_size=world_size)
+    chunks = list(order[torch.tensor(mine, dtype=torch.long)].split(batch))
+    if len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks[-2:] = [torch.cat(chunks[-2:])]
+    return chunks

@@ -22,18 +22,17 @@ import dataclasses
 import torch
 from tqdm.auto import tqdm
 
-from sammed_fast.engine.box_diagnostics import DIAGNOSED_KINDS, box_diagnostics
-from sammed_fast.engine.boxes_stage import load_boxes, prompts_for
-from sammed_fast.engine.config import TrainConfig
-from sammed_fast.engine.embedding_cache import EmbeddingCache
-from sammed_fast.engine.run_data import RunData, Split
-from sammed_fast.engine.run_folder import RunFolder
-from sammed_fast.engine.sam_stage import sam_probs
-from sammed_fast.engine.scoring import CaseScore, assemble, score_split
-from sammed_fast.engine.segmenter_stage import SEGMENTER_THRESHOLD, load_predictions
+from sammed_fast.experiment.box_diagnostics import DIAGNOSED_KINDS, box_diagnostics
+from sammed_fast.experiment.boxes_stage import load_boxes
+from sammed_fast.method.prompts import ellipse_in_boxes
+from sammed_fast.experiment.config import TrainConfig
+from sammed_fast.experiment.embedding_cache import EmbeddingCache
+from sammed_fast.method.predictor import SEGMENTER_THRESHOLD, Predictor
+from sammed_fast.experiment.run_data import RunData, Split
+from sammed_fast.experiment.run_folder import RunFolder
+from sammed_fast.experiment.scoring import CaseScore, assemble, score_split
+from sammed_fast.experiment.segmenter_stage import load_predictions
 from sammed_fast.metrics import dice_per_mosaic, summarise
-from sammed_fast.sam import TiledSam
-from sammed_fast.sam.procedural import ellipse_in_boxes
 
 __all__ = ["ROWS", "METHOD", "FigureSample", "EvaluationResult", "evaluate_run_data"]
 
@@ -78,8 +77,8 @@ def _ellipse_masks(boxes: torch.Tensor, keep: torch.Tensor, size: int) -> torch.
     return masks
 
 
-def _split_scores(split: Split, run: RunFolder, config: TrainConfig, model: TiledSam,
-                  embeddings: torch.Tensor, device: torch.device
+def _split_scores(split: Split, run: RunFolder, config: TrainConfig, predictor: Predictor,
+                  embeddings: torch.Tensor
                   ) -> tuple[dict[str, list[CaseScore]], dict[float, list[CaseScore]], dict[str, torch.Tensor]]:
     """(row -> case scores, theta2 -> case scores of the method, per-slice values used by the figure)."""
     coarse = load_predictions(run, split)
@@ -90,15 +89,15 @@ def _split_scores(split: Split, run: RunFolder, config: TrainConfig, model: Tile
     sweep: dict[float, list[CaseScore]] = {}
     method_probs = None
     for row, kind in SAM_ROWS.items():
-        prompt, keep = prompts_for(boxes, kind, config.empty_box)
-        probs = sam_probs(model, embeddings, prompt, keep, device)
+        prompt, keep = predictor.prompter.prompts(boxes, kind)
+        probs = predictor.decode(embeddings, prompt, keep)
         thresholds = sorted({config.theta2, *config.theta2_sweep}) if row == METHOD else [config.theta2]
         scores = score_split(split, probs, thresholds=thresholds)
         rows[row] = scores[config.theta2]
         mosaics[row] = dice_per_mosaic(probs > config.theta2, labels > 0)
         if row == METHOD:
             sweep, method_probs = {t: scores[t] for t in config.theta2_sweep}, probs
-    prompt, keep = prompts_for(boxes, "filtered", config.empty_box)
+    prompt, keep = predictor.prompter.prompts(boxes, "filtered")
     ellipses = _ellipse_masks(prompt, keep, config.tile_size)
     rows["ellipse_filtered"] = score_split(split, ellipses, thresholds=[0.5], mode="nearest")[0.5]
     mosaics["ellipse_filtered"] = dice_per_mosaic(ellipses > 0.5, labels > 0)
@@ -157,12 +156,10 @@ def _summary(scores: dict[str, list[CaseScore]], source: str,
     return summary
 
 
-def evaluate_run_data(*, run: RunFolder, data: RunData, config: TrainConfig, model: TiledSam,
-                      cache: EmbeddingCache, device: torch.device,
-                      extra: dict | None = None) -> EvaluationResult:
+def evaluate_run_data(*, run: RunFolder, data: RunData, config: TrainConfig, predictor: Predictor,
+                      cache: EmbeddingCache, extra: dict | None = None) -> EvaluationResult:
     """Scores every row on every evaluation split; returns results.json content, CSV rows and the
     figure's slices (one per target domain, up to config.figure_slices)."""
-    model.eval()
     per_row: dict[str, dict[str, list[CaseScore]]] = {row: {} for row in ROWS}
     per_theta: dict[float, dict[str, list[CaseScore]]] = {t: {} for t in config.theta2_sweep}
     per_row_mosaic: dict[str, dict[str, torch.Tensor]] = {row: {} for row in ROWS}
@@ -170,7 +167,7 @@ def evaluate_run_data(*, run: RunFolder, data: RunData, config: TrainConfig, mod
     cases: list[dict] = []
     for name in tqdm(data.eval_splits, desc="evaluation", unit="split", disable=not config.progress):
         split = data.splits[name]
-        rows, sweep, values = _split_scores(split, run, config, model, cache.get(name), device)
+        rows, sweep, values = _split_scores(split, run, config, predictor, cache.get(name))
         for row, scores in rows.items():
             per_row[row][split.domain] = scores
             per_row_mosaic[row][split.domain] = values["mosaics"][row]

@@ -18,24 +18,22 @@ import torch
 from tqdm.auto import tqdm
 
 from sammed_fast.atomic import save_torch_atomic
-from sammed_fast.engine import distributed
-from sammed_fast.engine.config import ConfigError, TrainConfig
-from sammed_fast.engine.determinism import epoch_generator, seed_everything, stage_seed
-from sammed_fast.engine.fitting import FitResult, fit
-from sammed_fast.engine.losses import dice_bce_loss
+from sammed_fast.experiment import distributed
+from sammed_fast.errors import ConfigError
+from sammed_fast.experiment.config import TrainConfig
+from sammed_fast.experiment.seeding import epoch_generator, seed_everything, stage_seed
+from sammed_fast.experiment.fitting import FitResult, fit, shuffled_batches
+from sammed_fast.method.losses import dice_bce_loss
 from sammed_fast.data import SliceDataset, Volume
-from sammed_fast.engine.run_data import RunData, Split
-from sammed_fast.engine.run_folder import RunFolder, load_torch
-from sammed_fast.engine.scoring import mean_volume_dice
+from sammed_fast.experiment.run_data import RunData, Split
+from sammed_fast.experiment.run_folder import RunFolder, load_torch
+from sammed_fast.experiment.scoring import mean_volume_dice
+from sammed_fast.method.predictor import SEGMENTER_THRESHOLD, STORED_DTYPE, Predictor, coarse_probs
 from sammed_fast.models import Segmenter, build_segmenter
 
-__all__ = ["SEGMENTER_THRESHOLD", "CROSSFIT", "build_run_segmenter", "shuffled_batches", "segmenter_probs",
-           "train_segmenter", "crossfit_folds", "crossfit_probs", "load_segmenter", "predict_splits",
-           "load_predictions"]
+__all__ = ["CROSSFIT", "build_run_segmenter", "segmenter_probs", "train_segmenter",
+           "crossfit_folds", "crossfit_probs", "load_segmenter", "predict_splits", "load_predictions"]
 
-#: Threshold of the "segmenter alone" row (the box filter uses theta1 instead).
-SEGMENTER_THRESHOLD = 0.5
-INFERENCE_BATCH = 64
 #: The predictions file of the training split's cross-fitted probabilities.
 CROSSFIT = "train_crossfit"
 
@@ -49,40 +47,12 @@ def build_run_segmenter(config: TrainConfig) -> Segmenter:
         raise ConfigError(f"{flag}: {error}") from error
 
 
-def shuffled_batches(n: int, batch: int, generator: torch.Generator, *, rank: int | None = None,
-                     world_size: int | None = None) -> list[torch.Tensor]:
-    """This rank's batches of one epoch (default: this process's rank of all of them).
-
-    A random permutation of range(n), the same on every rank, is split between the ranks as
-    DistributedSampler does (padded by repeating its start so that every rank gets as many slices,
-    then every world_size-th slice) and cut into batches of ``batch``; a last batch of one joins
-    the previous one (BatchNorm cannot train on a single slice). One process: the permutation cut
-    into batches.
-    """
-    order = torch.randperm(n, generator=generator)
-    mine = distributed.shard_indices(n, strided=True, pad=True, rank=rank, world_size=world_size)
-    chunks = list(order[torch.tensor(mine, dtype=torch.long)].split(batch))
-    if len(chunks) > 1 and len(chunks[-1]) == 1:
-        chunks[-2:] = [torch.cat(chunks[-2:])]
-    return chunks
-
-
-@torch.no_grad()
 def segmenter_probs(model: Segmenter, split: Split, device: torch.device, *, progress: bool = False
                     ) -> torch.Tensor:
-    """Sigmoid probabilities of every slice of ``split``: float32 (N,t,t) on the CPU, on every rank
-    (each rank computes a share of the inference batches)."""
-    model.eval()
-    images = split.slices.images
-
-    def batch_probs(start: int) -> torch.Tensor:
-        logits = model(images[start:start + INFERENCE_BATCH].to(device))
-        return torch.sigmoid(logits.float())[:, 0].cpu()
-
-    out = distributed.map_sharded(batch_probs, range(0, len(split), INFERENCE_BATCH),
-                                  desc=f"segmenter on {split.name}", unit="batch", progress=progress)
-    t = split.slices.tile_size
-    return torch.cat(out) if out else torch.zeros(0, t, t)
+    """Full-precision sigmoid probabilities of every slice of ``split``: float32 (N,t,t) on the CPU,
+    on every rank (each rank computes a share of the inference batches)."""
+    return coarse_probs(model, split.slices.images, device, progress=progress,
+                        desc=f"segmenter on {split.name}", mapper=distributed.map_sharded)
 
 
 def _fit_segmenter(run: RunFolder, *, name: str, train: SliceDataset, val: Split, config: TrainConfig,
@@ -171,26 +141,22 @@ def load_segmenter(run: RunFolder, config: TrainConfig, device: torch.device) ->
     return model.to(device).eval()
 
 
-def predictions_path(run: RunFolder, split: str):
-    return run.path / "predictions" / f"{split}.pt"
-
-
-def predict_splits(run: RunFolder, data: RunData, model: Segmenter, device: torch.device, *,
+def predict_splits(run: RunFolder, data: RunData, predictor: Predictor, device: torch.device, *,
                    config: TrainConfig, progress: bool = True) -> list[str]:
-    """Writes predictions/<split>.pt for every split (rank 0), and with cross-fitting the training
-    split's cross-fitted predictions (``predictions/train_crossfit.pt``); returns their paths
-    relative to the run."""
+    """Writes predictions/<split>.pt (the predictor's coarse probabilities, STORED_DTYPE) for every
+    split (rank 0), and with cross-fitting the training split's cross-fitted predictions
+    (``predictions/train_crossfit.pt``); returns their paths relative to the run."""
     outputs = []
 
     def save(name: str, split: Split, probs: torch.Tensor) -> None:
-        path = predictions_path(run, name)
+        path = run.paths.predictions(name)
         if run.writes:
-            save_torch_atomic(path, {"probs": probs.half(), "keys": [list(k) for k in split.keys]})
-        outputs.append(str(path.relative_to(run.path)))
+            save_torch_atomic(path, {"probs": probs.to(STORED_DTYPE), "keys": [list(k) for k in split.keys]})
+        outputs.append(run.paths.relative(path))
 
     for name, split in tqdm(data.splits.items(), desc="segmenter predictions", unit="split",
                             disable=not progress):
-        save(name, split, segmenter_probs(model, split, device, progress=progress))
+        save(name, split, predictor.coarse(split.slices.images, progress=progress, desc=f"segmenter on {name}"))
     if config.folds:
         save(CROSSFIT, data.splits["train"], crossfit_probs(run, data, config, device, progress=progress))
     return outputs
@@ -199,7 +165,7 @@ def predict_splits(run: RunFolder, data: RunData, model: Segmenter, device: torc
 def load_predictions(run: RunFolder, split: Split, *, name: str | None = None) -> torch.Tensor:
     """float32 (N,t,t) probabilities of ``split`` (``name``: another file of its slices, e.g. the
     cross-fitted ``train_crossfit``); checks that they belong to its slices."""
-    path = predictions_path(run, name or split.name)
+    path = run.paths.predictions(name or split.name)
     stored = load_torch(path)
     if [tuple(k) for k in stored["keys"]] != list(split.keys):
         raise ConfigError(f"{path} was computed for other slices than split {split.name} has now; "

@@ -1,0 +1,45 @@
+"""``sammed-fast predict`` / ``python -m sammed_fast.predict``: a finished run applied to new
+volumes (``experiment.prediction.predict``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from sammed_fast.errors import ConfigError
+from sammed_fast.experiment.prediction import DEFAULT_BATCH, PredictionFailed, predict
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sammed_fast.predict", description=__doc__.split("\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="finished run folder of sammed_fast.train")
+    parser.add_argument("--input", type=Path, required=True, help="a NIfTI volume or a folder of them")
+    parser.add_argument("--output", type=Path, required=True,
+                        help="output folder (or a .nii/.nii.gz file name for a single input)")
+    parser.add_argument("--overlays", action="store_true", help="also write <stem>_overlay.png")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+                        help=f"slices per step, a multiple of 4 (default {DEFAULT_BATCH})")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        written = predict(run=args.run, inputs=args.input, output=args.output, overlays=args.overlays,
+                          device=args.device, batch=args.batch, progress=not args.no_progress and sys.stderr.isatty())
+    except PredictionFailed as error:
+        print(f"{len(error.written)} mask(s) written; {len(error.failed)} input(s) failed:",
+              file=sys.stderr)
+        for message in error.failed.values():
+            print(f"  {message}", file=sys.stderr)
+        return 1
+    except (ConfigError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    for path in written:
+        print(path)
+    return 0

@@ -1,0 +1,16 @@
+"""The training loss of the three trained models (compact-SAM pretraining, the segmenter, the SAM
+decoder): soft Dice + BCE on logits, so all three optimise the same objective."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["dice_bce_loss"]
+
+
+def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean soft Dice loss per image plus mean BCE; logits and target (B,1,h,w)."""
+    probs = torch.sigmoid(logits).flatten(1)
+    flat = target.flatten(1)
+    dice = (2 * (probs * flat).sum(1) + 1) / (probs.sum(1) + flat.sum(1) + 1)
+    return (1 - dice).mean() + F.binary_cross_entropy_with_logits(logits, target)
