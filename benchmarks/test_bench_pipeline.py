@@ -1,11 +1,12 @@
 """The whole second stage: coarse probabilities -> box -> SAM, and decoder training.
 
-* Inference (group "pipeline inference: ..."): slices per second of ``boxes_from_probs`` (d4) ->
-  ``TiledSam`` encode + box-prompted decode -> masks, merged 2x2 (ours, mode "merge") against one
-  slice per SAM input resized to the canvas size (the MedSAM way, mode "resize"): the same SAM, the
-  same slices, the same boxes. The coarse segmenter itself is not timed (it costs the same in both).
-  The encoder runs on chunks of CANVASES_PER_CALL canvases (vit_b's explicit attention matrices
-  would not fit otherwise). The checked call also measures the share of time spent outside the SAM
+* Inference (group "pipeline inference: ..."): slices per second of the method's own
+  ``Predictor`` (the object evaluation and ``predict`` use) from coarse probabilities on: box
+  prompts (``BoxPrompter``, filter at d4) -> canvas embeddings -> box-prompted decode -> masks,
+  merged 2x2 (ours, mode "merge") against the same Predictor over a TiledSam that feeds one slice
+  per SAM input resized to the canvas size (the MedSAM way, mode "resize"): the same SAM, the same
+  slices, the same boxes. The coarse segmenter itself is not timed (it costs the same in both).
+  The encoder runs on the Predictor's chunks of canvases per call. The checked call also measures the share of time spent outside the SAM
   image encoder and the peak memory (CUDA: max_memory_allocated; CPU: peak resident set size
   above the start, sampled every 2 ms from /proc/self/statm, plus ru_maxrss).
 * Decoder training (group "decoder epoch: ..."): one epoch of mask-decoder fine-tuning (Adam,
@@ -31,6 +32,8 @@ import torch.nn.functional as F
 
 from inputs import PROB_THRESHOLD, coarse_probs, z_scored_slices
 from sammed_fast import ops
+from sammed_fast.method.predictor import Predictor
+from sammed_fast.method.prompts import BoxPrompter
 from sammed_fast.models import TiledSam, build_sam, freeze_for_decoder_training
 
 
@@ -143,16 +146,16 @@ def data(setup: Setup, slices: int):
 @pytest.mark.parametrize("setup", SETUPS)
 def test_pipeline_inference(bench, setup: Setup, mode: str):
     model = tiled(setup, mode)
+    predictor = Predictor(segmenter=None, prompter=BoxPrompter(theta1=PROB_THRESHOLD, downscale=4, empty_box="full"),
+                          sam=model, device=torch.device(setup.device))
     images, probs = data(setup, setup.slices)
-    per_call = setup.canvases_per_call * model.tiles_per_canvas
     expected_boxes = ops.boxes_from_probs(probs.cpu(), PROB_THRESHOLD, 4, 4).boxes  # any device agrees
     measured: dict = {}
 
     def pipeline():
         with torch.inference_mode():
-            boxes = ops.boxes_from_probs(probs, PROB_THRESHOLD, 4, 4).boxes
-            masks = torch.cat([model(images[s:s + per_call], boxes[s:s + per_call]) > 0
-                               for s in range(0, setup.slices, per_call)])
+            boxes, keep = predictor.prompter.prompts(predictor.boxes(probs))
+            masks = predictor.decode(predictor.embed(images), boxes, keep) > predictor.theta2
         bench.synchronize(setup.device)
         return boxes, masks
 
@@ -173,7 +176,7 @@ def test_pipeline_inference(bench, setup: Setup, mode: str):
     def check(out) -> None:
         boxes, masks = out
         torch.testing.assert_close(boxes.cpu(), expected_boxes, rtol=0, atol=0)
-        assert masks.shape == (setup.slices, 1, setup.tile, setup.tile) and masks.dtype == torch.bool
+        assert masks.shape == (setup.slices, setup.tile, setup.tile) and masks.dtype == torch.bool
         bench.benchmark.extra_info.update(measured)
 
     role = "ours" if mode == "merge" else "peer"
@@ -183,7 +186,7 @@ def test_pipeline_inference(bench, setup: Setup, mode: str):
     bench(fn, check=check, min_rounds=MIN_ROUNDS, role=role,
           group=f"pipeline inference: {setup.name}, {setup.slices} slices", device=setup.device,
           op="pipeline", impl=mode, slices=setup.slices, sam=setup.variant, tile=setup.tile,
-          canvas=model.canvas_size, canvases_per_call=setup.canvases_per_call, **targets)
+          canvas=model.canvas_size, **targets)
 
 
 def relative_error(found: torch.Tensor, expected: torch.Tensor) -> float:

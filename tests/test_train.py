@@ -179,18 +179,18 @@ def test_decoder_prompts_choose_the_boxes_the_decoder_learns_from(full_run, cach
                                                                   monkeypatch):
     """--decoder-prompts gt: the decoder trains and is selected with ground-truth boxes (the paper's
     SAM+GT row of Table 3); the default run used the filtered boxes."""
-    from sammed_fast.experiment import sam_stage
+    from sammed_fast.method.prompts import BoxPrompter
 
     path, reference = full_run
     assert reference["decoder_prompts"] == "filtered"
     kinds = []
-    original = sam_stage.prompts_for
+    original = BoxPrompter.prompts
 
-    def recording_prompts_for(boxes, kind, empty_box):
+    def recording_prompts(self, boxes, kind="filtered"):
         kinds.append(kind)
-        return original(boxes, kind, empty_box)
+        return original(self, boxes, kind)
 
-    monkeypatch.setattr(sam_stage, "prompts_for", recording_prompts_for)
+    monkeypatch.setattr(BoxPrompter, "prompts", recording_prompts)
     out = train(tiny_config(cache_dir, tmp_path / "gt", decoder_prompts="gt"))
     assert kinds[:2] == ["gt", "gt"], "training and selection must both use the chosen boxes"
     results = json.loads((out / "results.json").read_text())
@@ -413,7 +413,11 @@ def test_out_folder_that_is_not_a_run_is_left_alone(capsys, safe_args, tmp_path)
 def test_evaluate_needs_a_finished_run(capsys, tmp_path):
     with pytest.raises(SystemExit):
         evaluate_main(["--run", str(tmp_path / "nothing")])
-    assert "not a sammed_fast run folder" in capsys.readouterr().err
+    assert "nothing: run folder does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        evaluate_main(["--run", str(tmp_path / "empty")])
+    assert "empty: not a sammed_fast run folder" in capsys.readouterr().err
 
 
 def test_cli_bad_input_prints_no_traceback():

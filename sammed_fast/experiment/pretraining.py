@@ -67,7 +67,12 @@ class PretrainConfig:
     init_sha256: str | None = None  # warm start: sha256 of the compact-SAM weights training starts from
 
     def to_json(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """The recipe as JSON; ``init_sha256`` only for a warm start (so from-scratch recipes read
+        as before it existed)."""
+        recipe = json.loads(json.dumps(dataclasses.asdict(self)))
+        if recipe["init_sha256"] is None:
+            del recipe["init_sha256"]
+        return recipe
 
 
 @dataclasses.dataclass(frozen=True)

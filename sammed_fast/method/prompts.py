@@ -50,8 +50,8 @@ def compute_boxes(probs: torch.Tensor, labels: torch.Tensor | None, *, theta1: f
     out["unfiltered"], out["unfiltered_empty"] = mask_boxes(probs > theta1)
     if labels is not None:
         out["gt"], out["gt_empty"] = mask_boxes(labels.reshape(N, H, W) > 0)
-    out["whole"] = torch.tensor([0.0, 0.0, W - 1.0, H - 1.0]).expand(N, 4).clone()
-    out["whole_empty"] = torch.zeros(N, dtype=torch.bool)
+    out["whole"] = torch.tensor([0.0, 0.0, W - 1.0, H - 1.0], device=probs.device).expand(N, 4).clone()
+    out["whole_empty"] = torch.zeros(N, dtype=torch.bool, device=probs.device)
     return out
 
 
