@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sammed_fast.cache import CACHE_ENV
 from sammed_fast.experiment import pretraining as pretrain
 from sammed_fast.models import TiledSam, build_sam, describe_state_dict, freeze_for_decoder_training
 from sammed_fast.data.procedural import generate
@@ -272,7 +273,7 @@ def test_pretrain_writes_loadable_checkpoint_and_cache_is_reused(tmp_path, monke
         return real(config=small, out=out, progress=False)
 
     monkeypatch.setattr(pretrain, "pretrain_compact_sam", tiny)
-    monkeypatch.setenv(pretrain.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     path = pretrain.ensure_compact_sam(tile_size=16, progress=False)
     assert path == tmp_path / "cache" / "compact_sam_tile16.pth" and calls == [path]
     meta = json.loads(pretrain.sidecar_path(path).read_text())

@@ -12,7 +12,8 @@ from typing import Sequence
 
 import torch
 
-from sammed_fast.experiment.pretraining import (CACHE_ENV, WEIGHTS_DIR, PretrainConfig, _sha256,
+from sammed_fast.cache import CACHE_ENV
+from sammed_fast.experiment.pretraining import (WEIGHTS_DIR, PretrainConfig, _sha256,
                                                 format_heldout, pretrain_compact_sam, shipped_checkpoint_path)
 from sammed_fast.models.sam_registry import compact_config
 

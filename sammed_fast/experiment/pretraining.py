@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from sammed_fast.atomic import save_torch_atomic, write_text_atomic
+from sammed_fast.cache import default_cache_dir
 from sammed_fast.errors import ConfigError
 from sammed_fast.method.losses import dice_bce_loss
 from sammed_fast.data import procedural
@@ -42,7 +43,6 @@ from sammed_fast.method.prompts import ellipse_in_boxes
 from sammed_fast.models.sam_registry import compact_config, sam_from_config
 from sammed_fast.models.tiled_sam import TiledSam
 
-CACHE_ENV = "SAMMED_FAST_CACHE"
 FORMAT = 3  # bump when the checkpoint/sidecar layout, the architecture or the procedural recipe changes
 WEIGHTS_DIR = Path(__file__).parents[1] / "weights"  # weights shipped with the package
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out training-family images: seed + this (never drawn in training)
@@ -83,11 +83,6 @@ class PretrainResult:
     baseline_dice: dict  # the same Dice for masks that only use the box (box fill, inscribed ellipse)
     seconds: float
     heldout: dict = dataclasses.field(default_factory=dict)  # evaluate_heldout's full table
-
-
-def default_cache_dir() -> Path:
-    """$SAMMED_FAST_CACHE, else ~/.cache/sammed_fast."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "sammed_fast")
 
 
 def compact_checkpoint_path(tile_size: int, cache_dir: str | os.PathLike | None = None) -> Path:

@@ -14,7 +14,7 @@ from sammed_fast.data import SliceDataset, Volume, find_cases, load_domain, spli
 from sammed_fast.data.synthetic import ensure_synthetic
 from sammed_fast.errors import ConfigError
 from sammed_fast.experiment.config import TrainConfig
-from sammed_fast.experiment.pretraining import default_cache_dir
+from sammed_fast.cache import default_cache_dir
 
 __all__ = ["Split", "RunData", "data_root", "check_data", "check_source_labels", "load_run_data",
            "SOURCE_SPLITS"]

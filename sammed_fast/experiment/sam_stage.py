@@ -1,4 +1,4 @@
-"""Stages 3-4: SAM decoder fine-tuning and box-prompted SAM inference.
+"""Stage 4: SAM mask-decoder fine-tuning (the predictor's SAM; its decoding is ``Predictor.decode``).
 
 Only the mask decoder trains (image and prompt encoders frozen), with Dice + BCE on logits, Adam,
 on the source train slices prompted with the segmenter's FILTERED boxes (the paper; another kind
@@ -10,8 +10,8 @@ epoch is scored on the source validation split (per-volume Dice at theta2, with 
 boxes) and the best epoch is kept: nothing selects on target data.
 
 Under torchrun only the mask decoder is wrapped in DistributedDataParallel (the frozen encoders
-stay plain on every rank), each rank trains on its share of every epoch's batches
-(``decoder_batch`` boxes per rank per step), and inference decodes shards of whole batches.
+stay plain on every rank) and each rank trains on its share of every epoch's batches
+(``decoder_batch`` boxes per rank per step).
 """
 from __future__ import annotations
 
