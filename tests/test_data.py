@@ -146,6 +146,17 @@ def test_unknown_domain_letter(tmp_path):
         find_cases(tmp_path, "G")
 
 
+def test_cases_are_in_natural_order(tmp_path):
+    folder = tmp_path / DOMAINS["A"].folder
+    for case in ("Case10", "Case2", "Case1"):
+        make_case(folder, case)
+    assert [c.case_id for c in find_cases(tmp_path, "A")] == ["Case1", "Case2", "Case10"]
+    volumes = [Volume("A", cid, np.zeros((3, 4, 4), np.float32), np.zeros((3, 4, 4), np.uint8),
+                      (1.0, 1.0, 1.0), np.eye(4), None) for cid in ("Case10", "Case9", "Case2", "Case1")]
+    split = split_source(volumes)
+    assert [v.case_id for k in ("train", "val", "test") for v in split[k]] == ["Case1", "Case2", "Case9", "Case10"]
+
+
 def fake_volumes(n, domain="A", shape=(3, 4, 4)):
     ids = [f"Case{i:02d}" for i in range(n)]
     np.random.default_rng(0).shuffle(ids)

@@ -53,6 +53,13 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total
 
 
+def test_inputs_come_in_natural_name_order_without_labels_and_masks(tmp_path):
+    for name in ("Case10.nii.gz", "Case2.nii", "Case1.nii.gz", "Case1_segmentation.nii.gz", "Case2_mask.nii.gz",
+                 "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in list_inputs(tmp_path)] == ["Case1.nii.gz", "Case2.nii", "Case10.nii.gz"]
+
+
 def test_masks_of_a_target_domain_score_what_the_run_evaluated(tiny_run, tmp_path):
     folder = domain_folder(tiny_run, "B")
     inputs = list_inputs(folder)

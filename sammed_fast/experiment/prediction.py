@@ -39,6 +39,7 @@ from sammed_fast.data.prostate import (Volume, canonical_spacing, file_orientati
 from sammed_fast.data.slices import resize_images
 from sammed_fast.atomic import write_bytes_atomic
 from sammed_fast.errors import ConfigError
+from sammed_fast.files import natural_key
 from sammed_fast.experiment.devices import resolve_device
 from sammed_fast.experiment.run_method import RunMethod, open_finished_run
 from sammed_fast.method.predictor import Predictor
@@ -68,10 +69,6 @@ def _stem(path: Path) -> str:
     return match.group("stem") if match else path.name
 
 
-def _natural_key(name: str) -> tuple:
-    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name))
-
-
 def list_inputs(path: str | Path) -> list[Path]:
     """The volumes to predict: ``path`` itself, or the NIfTI files of folder ``path`` in natural
     name order (Case2 before Case10), without labels (``*_segmentation``) and masks (``*_mask``)."""
@@ -84,7 +81,7 @@ def list_inputs(path: str | Path) -> list[Path]:
              and not _SKIPPED.search(_stem(p))]
     if not found:
         raise ConfigError(f"--input {path}: the folder holds no NIfTI volumes (*.nii, *.nii.gz)")
-    return sorted(found, key=lambda p: _natural_key(p.name))
+    return sorted(found, key=lambda p: natural_key(p.name))
 
 
 def _output_paths(inputs: list[Path], input_is_file: bool, output: Path) -> list[Path]:
