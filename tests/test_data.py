@@ -15,7 +15,8 @@ from sammed_fast.data import (
 from sammed_fast.cli.synthetic import main as synthetic_main
 from sammed_fast.data import synthetic
 from sammed_fast.data.synthetic import (
-    ACQUISITIONS, REAL_CASE_COUNTS, ensure_synthetic, is_complete, render_case, write_synthetic,
+    ACQUISITIONS, REAL_CASE_COUNTS, ensure_synthetic, render_case, synthetic_set_is_written,
+    write_synthetic,
 )
 
 
@@ -320,13 +321,13 @@ def test_default_set_has_real_counts_and_records_its_parameters(tmp_path, monkey
             assert recorded[field] == (list(value) if isinstance(value, tuple) else value), field
     assert sorted(rendered) == sorted((d, i, 0, False) for d, n in REAL_CASE_COUNTS.items()
                                       for i in range(n))
-    assert is_complete(out)
+    assert synthetic_set_is_written(out)
     # another acquisition table (a calibration change) no longer matches the cached set
     changed = dict(ACQUISITIONS)
     changed["F"] = synthetic.Acquisition(**{**synthetic.asdict(ACQUISITIONS["F"]),
                                             "fat": ACQUISITIONS["F"].fat + 0.1})
     monkeypatch.setattr(synthetic, "ACQUISITIONS", changed)
-    assert not is_complete(out)
+    assert not synthetic_set_is_written(out)
 
 
 def test_write_layout_manifest_and_rerun(tmp_path, capsys):
@@ -350,7 +351,7 @@ def test_write_layout_manifest_and_rerun(tmp_path, capsys):
     payload = bytearray(victim.read_bytes())
     payload[len(payload) // 2] ^= 0xFF
     victim.write_bytes(bytes(payload))
-    assert not is_complete(out, cases_per_domain=1, seed=5)
+    assert not synthetic_set_is_written(out, cases_per_domain=1, seed=5)
 
 
 def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
@@ -403,12 +404,12 @@ def test_outdated_cached_set_is_replaced(tmp_path, monkeypatch):
                             previews=False, progress=False)
     (spare / "notes.txt").write_text("mine")
     monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
-    assert not is_complete(out, cases_per_domain=1, domains=["F"])
+    assert not synthetic_set_is_written(out, cases_per_domain=1, domains=["F"])
     assert ensure_synthetic(out, cases_per_domain=1, domains=["F"], previews=False,
                             progress=False) == out
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["params"]["version"] == synthetic.GENERATOR_VERSION
-    assert is_complete(out, cases_per_domain=1, domains=["F"])
+    assert synthetic_set_is_written(out, cases_per_domain=1, domains=["F"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spare", "syn"]  # nothing left aside
     with pytest.raises(FileExistsError):
         ensure_synthetic(spare, cases_per_domain=1, domains=["F"], progress=False)

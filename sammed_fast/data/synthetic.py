@@ -36,9 +36,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sammed_fast.data.prostate import DOMAINS, to_nifti_order
+from sammed_fast.files import sha256_file
 
 __all__ = ["Acquisition", "ACQUISITIONS", "acquisition_table", "REAL_CASE_COUNTS", "DEFAULT_CASES", "write_synthetic",
-           "ensure_synthetic", "is_complete", "render_case", "main"]
+           "ensure_synthetic", "synthetic_set_is_written", "render_case", "main"]
 
 GENERATOR_VERSION = 2
 MANIFEST = "manifest.json"
@@ -447,16 +448,8 @@ def _check_domains(domains) -> list[str]:
     return domains
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def is_complete(out_dir: str | os.PathLike, *, full: bool = False, seed: int = 0,
-                cases_per_domain: int | None = None, domains=None, verify: bool = True) -> bool:
+def synthetic_set_is_written(out_dir: str | os.PathLike, *, full: bool = False, seed: int = 0,
+                             cases_per_domain: int | None = None, domains=None, verify: bool = True) -> bool:
     """True when `out_dir` holds a finished set written with these parameters (and, with verify,
     every file in the manifest still has its checksum)."""
     out_dir = Path(out_dir)
@@ -470,9 +463,13 @@ def is_complete(out_dir: str | os.PathLike, *, full: bool = False, seed: int = 0
         path = out_dir / rel
         if not path.is_file() or path.stat().st_size != entry["bytes"]:
             return False
-        if verify and _sha256(path) != entry["sha256"]:
+        if verify and sha256_file(path) != entry["sha256"]:
             return False
     return True
+
+
+#: The old name, still imported by sammed_fast.cli.synthetic (drop it once that uses the new one).
+is_complete = synthetic_set_is_written
 
 
 def write_synthetic(out_dir: str | os.PathLike, *, full: bool = False, seed: int = 0,
@@ -561,7 +558,7 @@ def ensure_synthetic(out_dir: str | os.PathLike, *, full: bool = False, seed: in
     else (a different or damaged set, unrelated files)."""
     out_dir = Path(out_dir)
     kw = dict(full=full, seed=seed, cases_per_domain=cases_per_domain, domains=domains)
-    if is_complete(out_dir, **kw):
+    if synthetic_set_is_written(out_dir, **kw):
         return out_dir
     if out_dir.is_dir() and not out_dir.is_symlink() and _outdated_set(out_dir):
         fresh = out_dir.parent / f".{out_dir.name}.new-{os.getpid()}"
@@ -573,7 +570,7 @@ def ensure_synthetic(out_dir: str | os.PathLike, *, full: bool = False, seed: in
             os.rename(fresh, out_dir)
         except OSError:
             shutil.rmtree(fresh, ignore_errors=True)
-            if is_complete(out_dir, **kw):  # another process replaced it first
+            if synthetic_set_is_written(out_dir, **kw):  # another process replaced it first
                 return out_dir
             raise
         shutil.rmtree(old, ignore_errors=True)
@@ -586,7 +583,7 @@ def ensure_synthetic(out_dir: str | os.PathLike, *, full: bool = False, seed: in
     try:
         return write_synthetic(out_dir, previews=previews, progress=progress, **kw)
     except OSError:
-        if is_complete(out_dir, **kw):  # another process finished the same set first
+        if synthetic_set_is_written(out_dir, **kw):  # another process finished the same set first
             return out_dir
         raise
 

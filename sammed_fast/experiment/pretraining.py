@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -35,6 +34,7 @@ from tqdm import tqdm
 
 from sammed_fast.atomic import save_torch_atomic, write_text_atomic
 from sammed_fast.errors import ConfigError
+from sammed_fast.files import sha256_file
 from sammed_fast.method.losses import dice_bce_loss
 from sammed_fast.data import procedural
 from sammed_fast.data.procedural import BoxNoise, ShapeBatch, generate, perturb_boxes
@@ -188,8 +188,8 @@ def quick_check(model: TiledSam, *, seed: int) -> dict:
             "heldout": evaluate_heldout(model, slices=QUICK_CHECK_SLICES, seed=seed)}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+#: The old name, still imported by sammed_fast.cli.pretrain (drop it once that uses sha256_file).
+_sha256 = sha256_file
 
 
 class _Progress:
@@ -337,7 +337,7 @@ def pretrain_compact_sam(
         "command": command or (f"python -m sammed_fast.pretrain --tile-size {config.tile_size} --steps "
                                f"{config.steps} --seed {config.seed} --checkpoint-every {config.checkpoint_every} "
                                f"--threads {torch.get_num_threads()} --out {path}"),
-        "sha256": _sha256(path),
+        "sha256": sha256_file(path),
         "note": "procedural shapes only; a stand-in for real SAM weights",
     }
     # The sidecar goes last: a checkpoint counts as complete only when its sidecar vouches for it.
@@ -359,7 +359,7 @@ def _warm_start(sam: torch.nn.Module, init: str | os.PathLike | None, config: Pr
     if problems:
         raise ValueError(f"--init {init}: not a finished compact SAM for tile size {config.tile_size} "
                          f"({'; '.join(problems)})")
-    digest = _sha256(init)
+    digest = sha256_file(init)
     if config.init_sha256 is not None and digest != config.init_sha256:
         raise ValueError(f"--init {init}: sha256 {digest} differs from the recipe's {config.init_sha256}")
     state = torch.load(init, map_location="cpu", weights_only=True)
@@ -369,8 +369,10 @@ def _warm_start(sam: torch.nn.Module, init: str | os.PathLike | None, config: Pr
             "pretrain_config": meta.get("pretrain_config"), "init": meta.get("init")}
 
 
-def is_complete(path: Path, tile_size: int) -> bool:
-    """True when ``path`` holds a finished compact SAM for this tile size made by this code version."""
+def checkpoint_is_vouched_for(path: Path, tile_size: int) -> bool:
+    """True when ``path`` holds a finished compact SAM for this tile size made by this code version:
+    its sidecar exists (written last) and records this format, tile size, architecture and the
+    file's sha256."""
     return not _problems(path, tile_size)
 
 
@@ -385,7 +387,7 @@ def _problems(path: Path, tile_size: int) -> list[str]:
         return [f"unreadable sidecar {sidecar}: {error}"]
     expected = {"format": FORMAT, "tile_size": tile_size,
                 "sam_config": json.loads(json.dumps(compact_config(2 * tile_size).to_json())),
-                "sha256": _sha256(path)}
+                "sha256": sha256_file(path)}
     return [f"{key}: sidecar says {meta.get(key)!r}, expected {value!r}"
             for key, value in expected.items() if meta.get(key) != value]
 
@@ -404,7 +406,7 @@ def find_compact_sam(*, tile_size: int, cache_dir: str | os.PathLike | None = No
                                f"python -m sammed_fast.pretrain --out {shipped}")
         return shipped
     path = compact_checkpoint_path(tile_size, cache_dir)
-    if not is_complete(path, tile_size):
+    if not checkpoint_is_vouched_for(path, tile_size):
         raise ConfigError(f"no pretrained compact SAM for tile size {tile_size} at {path}")
     return path
 
