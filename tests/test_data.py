@@ -14,6 +14,7 @@ from sammed_fast.data import (
 )
 from sammed_fast.cli.synthetic import main as synthetic_main
 from sammed_fast.data import synthetic
+from sammed_fast.data.filters import gaussian_blur
 from sammed_fast.data.synthetic import (
     ACQUISITIONS, REAL_CASE_COUNTS, ensure_synthetic, render_case, synthetic_set_is_written,
     write_synthetic,
@@ -270,6 +271,22 @@ def test_save_like_roundtrip(synth, tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # synthetic writer
+
+@pytest.mark.parametrize("padding", ["reflect", "replicate"])
+def test_gaussian_blur_per_image_sigma_matches_one_sigma(padding):
+    images = torch.rand(5, 1, 20, 24, generator=torch.Generator().manual_seed(0))
+    for sigma in (0.5, 1.1):
+        one = gaussian_blur(images, sigma, padding=padding)
+        each = gaussian_blur(images, torch.full((5,), sigma), padding=padding)
+        assert torch.allclose(one, each, atol=1e-6)
+        assert torch.allclose(one.mean(), images.mean(), atol=0.02)  # a normalised kernel
+        assert one.std() < images.std()
+    assert gaussian_blur(images, 0.0) is images
+    delta = torch.zeros(2, 1, 9, 9)
+    delta[:, :, 4, 4] = 1
+    blurred = gaussian_blur(delta, torch.tensor([0.0, 1.0]), radius=3)
+    assert torch.allclose(blurred[0], delta[0]) and blurred[1].sum().item() == pytest.approx(1.0)
+
 
 def test_render_is_deterministic_and_seeded():
     a1, l1, sp1, _ = render_case("F", 0, seed=1)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from sammed_fast.data.filters import gaussian_blur
 from sammed_fast.data.prostate import DOMAINS, to_nifti_order
 from sammed_fast.files import sha256_file
 
@@ -327,18 +328,6 @@ def _rectum(anat: _Anatomy, t, img, X, Y, z):
 # acquisition
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(S, H, W) in-plane Gaussian blur, reflect padding."""
-    if sigma <= 0:
-        return x
-    radius = max(1, int(math.ceil(3 * sigma)))
-    k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=x.dtype) / sigma) ** 2)
-    k = k / k.sum()
-    y = F.pad(x.unsqueeze(1), (radius, radius, radius, radius), mode="reflect")
-    y = F.conv2d(y, k.view(1, 1, 1, -1))
-    return F.conv2d(y, k.view(1, 1, -1, 1))[:, 0]
-
-
 def render_case(letter: str, case_index: int, *, seed: int = 0, full: bool = False):
     """One synthetic case: (image int16 (S, H, W), label uint8 (S, H, W), spacing (sx, sy, sz) mm,
     z of slice 0 in mm). Slice 0 is the most inferior (apex side)."""
@@ -395,7 +384,7 @@ def render_case(letter: str, case_index: int, *, seed: int = 0, full: bool = Fal
         rcx, rcy = anat.rectum_centre(anat.pz)
         d2 = ((Xo - rcx) ** 2 + (Yo - rcy) ** 2)[None] + (torch.clamp(zc.abs() * 60 - 25, min=0)) ** 2
         bias = bias * (1 + acq.coil / (1 + d2 / 20.0 ** 2))
-    signal = _gaussian_blur(signal * bias, acq.blur_px)
+    signal = gaussian_blur((signal * bias).unsqueeze(1), acq.blur_px)[:, 0]
     gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
     n1 = torch.randn(signal.shape, generator=gen) * noise
     n2 = torch.randn(signal.shape, generator=gen) * noise
