@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import math
 import os
@@ -38,6 +37,7 @@ from tqdm.auto import tqdm
 from sammed_fast.data.filters import gaussian_blur
 from sammed_fast.data.prostate import DOMAINS, to_nifti_order
 from sammed_fast.files import sha256_file
+from sammed_fast.plotting import image_panel, new_figure, png_bytes
 
 __all__ = ["Acquisition", "ACQUISITIONS", "acquisition_table", "REAL_CASE_COUNTS", "DEFAULT_CASES", "write_synthetic",
            "ensure_synthetic", "synthetic_set_is_written", "render_case", "main"]
@@ -580,26 +580,12 @@ def ensure_synthetic(out_dir: str | os.PathLike, *, full: bool = False, seed: in
 def _previews(cases: dict[str, tuple[np.ndarray, np.ndarray, tuple]]) -> dict[str, bytes]:
     """PNG bytes: the mid-gland slice of Case00 of every domain side by side, with and without the
     label outline, and Case00 of the first domain from apex to base."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     def show(ax, img, lab=None, title=None):
         lo, hi = np.percentile(img, [0.5, 99.5])
-        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
-        if lab is not None and lab.any():
-            ax.contour(lab, levels=[0.5], colors="red", linewidths=0.8)
-        if title:
-            ax.set_title(title, fontsize=8)
-        ax.axis("off")
-
-    def png(fig) -> bytes:
-        FigureCanvasAgg(fig)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
-        return buf.getvalue()
+        image_panel(ax, img, lab, title=title, vmin=lo, vmax=hi, interpolation="nearest", linewidth=0.8)
 
     letters = list(cases)
-    fig = Figure(figsize=(2.1 * len(letters), 4.4))
+    fig = new_figure((2.1 * len(letters), 4.4))
     axes = fig.subplots(2, len(letters), squeeze=False)
     for col, letter in enumerate(letters):
         image, label, spacing = cases[letter]
@@ -609,16 +595,16 @@ def _previews(cases: dict[str, tuple[np.ndarray, np.ndarray, tuple]]) -> dict[st
              title=f"{letter} {site}\n{spacing[0]:.2f} mm, {spacing[2]:.2f} mm slices")
         show(axes[1, col], image[k].astype(np.float32), label[k])
     fig.tight_layout()
-    out = {"previews/domains.png": png(fig)}
+    out = {"previews/domains.png": png_bytes(fig, dpi=110)}
 
     image, label, _ = cases[letters[0]]
     cols = min(8, image.shape[0])
-    fig = Figure(figsize=(1.8 * cols, 2.1))
+    fig = new_figure((1.8 * cols, 2.1))
     axes = fig.subplots(1, cols, squeeze=False)[0]
     for ax, k in zip(axes, np.linspace(0, image.shape[0] - 1, cols).round().astype(int)):
         show(ax, image[k].astype(np.float32), label[k], title=f"slice {k}")
     fig.tight_layout()
-    out[f"previews/{letters[0]}_apex_to_base.png"] = png(fig)
+    out[f"previews/{letters[0]}_apex_to_base.png"] = png_bytes(fig, dpi=110)
     return out
 
 

@@ -22,7 +22,6 @@ the command then exits with status 1. The CLI parses its arguments and calls :fu
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import re
 import sys
@@ -43,6 +42,7 @@ from sammed_fast.files import natural_key
 from sammed_fast.experiment.devices import resolve_device
 from sammed_fast.experiment.run_method import RunMethod, open_finished_run
 from sammed_fast.method.predictor import Predictor
+from sammed_fast.plotting import image_panel, new_figure, png_bytes
 
 __all__ = ["PredictionFailed", "list_inputs", "check_outputs", "load_run_predictor", "predict"]
 
@@ -162,26 +162,15 @@ class _Job:
 
 def _write_overlay(path: Path, volume: Volume, mask: np.ndarray) -> None:
     """A PNG of up to OVERLAY_SLICES slices (the largest masks, else the middle one) with the mask contour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     areas = mask.reshape(mask.shape[0], -1).sum(1, dtype=np.int64)
     largest = np.argsort(-areas, kind="stable")[:min(OVERLAY_SLICES, int((areas > 0).sum()))]
     chosen = sorted(largest.tolist()) or [mask.shape[0] // 2]
-    fig, axes = plt.subplots(1, len(chosen), figsize=(3 * len(chosen), 3.2), squeeze=False)
+    fig = new_figure((3 * len(chosen), 3.2))
+    axes = fig.subplots(1, len(chosen), squeeze=False)
     for ax, s in zip(axes[0], chosen):
-        ax.imshow(volume.image[s], cmap="gray")
-        if mask[s].any():
-            ax.contour(mask[s], levels=[0.5], colors="red", linewidths=1)
-        ax.set_title(f"{volume.case_id} slice {s}", fontsize=8)
-        ax.axis("off")
+        image_panel(ax, volume.image[s], mask[s], title=f"{volume.case_id} slice {s}")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    write_bytes_atomic(path, buffer.getvalue())
+    write_bytes_atomic(path, png_bytes(fig, dpi=100))
 
 
 def _finish(job: _Job, theta2: float, overlays: bool) -> None:
