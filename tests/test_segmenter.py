@@ -69,5 +69,9 @@ def test_weight_and_input_errors(tmp_path):
     torch.save({"model": build_segmenter("resnet18_lite").state_dict()}, wrapped)
     with pytest.raises(ValueError, match="not a plain state dict"):
         build_segmenter("resnet18_lite", weights=wrapped)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read segmenter weights .*garbage.pth"):
+        build_segmenter("resnet18_lite", weights=garbage)
     with pytest.raises(ValueError, match=r"\(B,1,H,W\)"):
         build_segmenter("resnet18_lite")(torch.zeros(1, 3, 32, 32))

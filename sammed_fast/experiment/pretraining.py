@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from sammed_fast.atomic import save_torch_atomic, write_text_atomic
 from sammed_fast.errors import ConfigError
-from sammed_fast.files import sha256_file
+from sammed_fast.files import load_torch_file, sha256_file
 from sammed_fast.metrics import dice as _dice
 from sammed_fast.method.losses import dice_bce_loss
 from sammed_fast.data import procedural
@@ -257,7 +257,8 @@ def pretrain_compact_sam(
     generator = torch.Generator().manual_seed(config.seed)
     first_step, losses, seconds_before = 0, [], 0.0
     if resume and state_path.is_file():
-        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+        saved = load_torch_file(state_path, message="cannot read the resume checkpoint {path} ({reason}); "
+                                                     "remove it to start over")
         if saved["config"] != config.to_json():
             raise ValueError(f"{state_path} was made with another recipe ({saved['config']}); "
                              f"remove it or rerun with that recipe")
@@ -361,7 +362,7 @@ def _warm_start(sam: torch.nn.Module, init: str | os.PathLike | None, config: Pr
     digest = sha256_file(init)
     if config.init_sha256 is not None and digest != config.init_sha256:
         raise ValueError(f"--init {init}: sha256 {digest} differs from the recipe's {config.init_sha256}")
-    state = torch.load(init, map_location="cpu", weights_only=True)
+    state = load_torch_file(init, message="--init {path}: cannot read it with weights_only=True ({reason})")
     sam.load_state_dict({key: value.float() if value.is_floating_point() else value for key, value in state.items()})
     meta = json.loads(sidecar_path(init).read_text())
     return {"file": init.name, "sha256": digest, "steps": meta.get("steps"), "command": meta.get("command"),
