@@ -1,6 +1,8 @@
 """Reader, slice dataset, reassembly and synthetic writer, on tiny sets written to tmp_path."""
 import gzip
 import json
+import re
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -182,10 +184,16 @@ def test_split_source_errors():
         split_source(fake_volumes(3) + fake_volumes(3, domain="B"))
 
 
-def test_domains_table():
-    assert [d.folder for d in DOMAINS.values()] == ["ISBI", "ISBI_1.5", "I2CVB", "UCL", "BIDMC",
-                                                     "HK"]
-    assert list(DOMAINS) == list("ABCDEF") and DOMAINS["B"].site == "BMC"
+DOCS_DATA = Path(__file__).resolve().parents[1] / "docs" / "data.md"
+
+
+def test_domains_are_the_release_layout_the_docs_publish():
+    rows = re.findall(r"^\| ([A-F]) \| (\w+) \| `([^`]+)` \| `([^`]+)` \|$", DOCS_DATA.read_text(), re.M)
+    assert [letter for letter, *_ in rows] == list(DOMAINS)
+    for letter, site, folder, label in rows:
+        assert DOMAINS[letter] == (site, folder), letter
+        assert label.replace("NN", "00") == ("Case00_Segmentation.nii.gz" if letter == "B"
+                                             else "Case00_segmentation.nii.gz")  # what write_synthetic writes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,7 +307,9 @@ def test_render_is_deterministic_and_seeded():
 
 
 def test_full_uses_real_case_counts():
-    assert REAL_CASE_COUNTS == {"A": 30, "B": 30, "C": 19, "D": 13, "E": 12, "F": 12}
+    published = re.search(r"real case\s+counts \(([\d, ]+);", DOCS_DATA.read_text()).group(1)
+    assert list(REAL_CASE_COUNTS.values()) == [int(n) for n in published.split(",")]
+    assert list(REAL_CASE_COUNTS) == list(DOMAINS)
     assert synthetic._case_counts(True, None, list(DOMAINS)) == REAL_CASE_COUNTS
     assert synthetic._case_counts(False, None, list(DOMAINS)) == REAL_CASE_COUNTS
     assert synthetic._case_counts(False, 3, ["B", "F"]) == {"B": 3, "F": 3}
@@ -437,7 +447,4 @@ def test_outdated_cached_set_is_replaced(tmp_path, monkeypatch):
 
 def test_docs_parameter_table_matches_acquisitions():
     """docs/data.md publishes the per-site parameters; it must be the table ACQUISITIONS prints."""
-    from pathlib import Path
-
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
-    assert synthetic.acquisition_table() in docs
+    assert synthetic.acquisition_table() in DOCS_DATA.read_text()
