@@ -20,8 +20,8 @@ def new_figure(figsize: tuple[float, float]):
 
 
 def png_bytes(fig, *, dpi: int) -> bytes:
-    """The figure as PNG bytes, without matplotlib's 'Software' metadata (so that the bytes depend
-    on the drawing only, not on the matplotlib version)."""
+    """The figure as PNG bytes, without the 'Software' text chunk (matplotlib's version string), so
+    the same drawing gives the same bytes under another matplotlib release that renders alike."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
     return buffer.getvalue()
