@@ -25,11 +25,12 @@ import pytest
 import torch
 
 import sammed_fast
+from sammed_fast._extension import DISPATCH_KEYS, OPS
 
 QUICK = os.environ.get("SAMMED_FAST_BENCH_QUICK", "").strip().lower() in ("1", "true", "yes")
 HAS_CUDA = torch.cuda.is_available()
 THREADS = os.environ.get("SAMMED_FAST_BENCH_THREADS", "").strip()
-OP_NAMES = ("label_components", "largest_component", "boxes_from_probs", "merge_tiles", "unmerge_tiles")
+OP_NAMES = OPS  # the package's one list of op names
 
 TARGET_SECONDS = 1.5  # timed seconds per case (after the checked call), at most MAX_ROUNDS rounds
 MAX_ROUNDS = 100
@@ -39,7 +40,7 @@ def compiled_kernel(op: str, device: str) -> bool:
     """Whether ``sammed_fast::op`` runs a compiled kernel on ``device`` (else the PyTorch fallback)."""
     if not sammed_fast.build_info()["compiled"]:
         return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}[torch.device(device).type]
+    key = DISPATCH_KEYS[torch.device(device).type]
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"sammed_fast::{op}", key)
 
 

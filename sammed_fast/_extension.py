@@ -66,11 +66,6 @@ def compiled_ops_available() -> bool:
     return _load()[0] is not None
 
 
-def has_kernel(op_name: str, device: torch.device) -> bool:
-    """True when the compiled library has a kernel of ``sammed_fast::op_name`` for ``device``."""
-    return kernel_table().get((op_name, device.type), False)
-
-
 def build_info() -> dict:
     """What was compiled: ``{"compiled": bool, "cpu": bool, "cuda": bool, "cuda_archs": str,
     "torch": version built against, "reason": why not usable (when compiled is False)}``."""

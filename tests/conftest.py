@@ -15,11 +15,11 @@ from scipy import ndimage
 
 import sammed_fast
 from sammed_fast import ops as public
+from sammed_fast._extension import DISPATCH_KEYS, OPS
 from sammed_fast.ops import FilteredBoxes, LargestComponent, reference
 
 HAS_CUDA = torch.cuda.is_available()
-OP_NAMES = ("label_components", "largest_component", "boxes_from_probs", "merge_tiles", "unmerge_tiles")
-DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+OP_NAMES = OPS  # the package's one list of op names
 
 # Modest example counts: the whole op suite must stay well under a minute on 2 shared cores.
 settings.register_profile(

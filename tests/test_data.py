@@ -1,6 +1,8 @@
 """Reader, slice dataset, reassembly and synthetic writer, on tiny sets written to tmp_path."""
 import gzip
 import json
+import re
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -14,8 +16,10 @@ from sammed_fast.data import (
 )
 from sammed_fast.cli.synthetic import main as synthetic_main
 from sammed_fast.data import synthetic
+from sammed_fast.data.filters import gaussian_blur
 from sammed_fast.data.synthetic import (
-    ACQUISITIONS, REAL_CASE_COUNTS, ensure_synthetic, is_complete, render_case, write_synthetic,
+    ACQUISITIONS, REAL_CASE_COUNTS, ensure_synthetic, render_case, synthetic_set_is_written,
+    write_synthetic,
 )
 
 
@@ -146,6 +150,17 @@ def test_unknown_domain_letter(tmp_path):
         find_cases(tmp_path, "G")
 
 
+def test_cases_are_in_natural_order(tmp_path):
+    folder = tmp_path / DOMAINS["A"].folder
+    for case in ("Case10", "Case2", "Case1"):
+        make_case(folder, case)
+    assert [c.case_id for c in find_cases(tmp_path, "A")] == ["Case1", "Case2", "Case10"]
+    volumes = [Volume("A", cid, np.zeros((3, 4, 4), np.float32), np.zeros((3, 4, 4), np.uint8),
+                      (1.0, 1.0, 1.0), np.eye(4), None) for cid in ("Case10", "Case9", "Case2", "Case1")]
+    split = split_source(volumes)
+    assert [v.case_id for k in ("train", "val", "test") for v in split[k]] == ["Case1", "Case2", "Case9", "Case10"]
+
+
 def fake_volumes(n, domain="A", shape=(3, 4, 4)):
     ids = [f"Case{i:02d}" for i in range(n)]
     np.random.default_rng(0).shuffle(ids)
@@ -169,10 +184,16 @@ def test_split_source_errors():
         split_source(fake_volumes(3) + fake_volumes(3, domain="B"))
 
 
-def test_domains_table():
-    assert [d.folder for d in DOMAINS.values()] == ["ISBI", "ISBI_1.5", "I2CVB", "UCL", "BIDMC",
-                                                     "HK"]
-    assert list(DOMAINS) == list("ABCDEF") and DOMAINS["B"].site == "BMC"
+DOCS_DATA = Path(__file__).resolve().parents[1] / "docs" / "data.md"
+
+
+def test_domains_are_the_release_layout_the_docs_publish():
+    rows = re.findall(r"^\| ([A-F]) \| (\w+) \| `([^`]+)` \| `([^`]+)` \|$", DOCS_DATA.read_text(), re.M)
+    assert [letter for letter, *_ in rows] == list(DOMAINS)
+    for letter, site, folder, label in rows:
+        assert DOMAINS[letter] == (site, folder), letter
+        assert label.replace("NN", "00") == ("Case00_Segmentation.nii.gz" if letter == "B"
+                                             else "Case00_segmentation.nii.gz")  # what write_synthetic writes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,6 +280,22 @@ def test_save_like_roundtrip(synth, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # synthetic writer
 
+@pytest.mark.parametrize("padding", ["reflect", "replicate"])
+def test_gaussian_blur_per_image_sigma_matches_one_sigma(padding):
+    images = torch.rand(5, 1, 20, 24, generator=torch.Generator().manual_seed(0))
+    for sigma in (0.5, 1.1):
+        one = gaussian_blur(images, sigma, padding=padding)
+        each = gaussian_blur(images, torch.full((5,), sigma), padding=padding)
+        assert torch.allclose(one, each, atol=1e-6)
+        assert torch.allclose(one.mean(), images.mean(), atol=0.02)  # a normalised kernel
+        assert one.std() < images.std()
+    assert gaussian_blur(images, 0.0) is images
+    delta = torch.zeros(2, 1, 9, 9)
+    delta[:, :, 4, 4] = 1
+    blurred = gaussian_blur(delta, torch.tensor([0.0, 1.0]), radius=3)
+    assert torch.allclose(blurred[0], delta[0]) and blurred[1].sum().item() == pytest.approx(1.0)
+
+
 def test_render_is_deterministic_and_seeded():
     a1, l1, sp1, _ = render_case("F", 0, seed=1)
     a2, l2, sp2, _ = render_case("F", 0, seed=1)
@@ -270,7 +307,9 @@ def test_render_is_deterministic_and_seeded():
 
 
 def test_full_uses_real_case_counts():
-    assert REAL_CASE_COUNTS == {"A": 30, "B": 30, "C": 19, "D": 13, "E": 12, "F": 12}
+    published = re.search(r"real case\s+counts \(([\d, ]+);", DOCS_DATA.read_text()).group(1)
+    assert list(REAL_CASE_COUNTS.values()) == [int(n) for n in published.split(",")]
+    assert list(REAL_CASE_COUNTS) == list(DOMAINS)
     assert synthetic._case_counts(True, None, list(DOMAINS)) == REAL_CASE_COUNTS
     assert synthetic._case_counts(False, None, list(DOMAINS)) == REAL_CASE_COUNTS
     assert synthetic._case_counts(False, 3, ["B", "F"]) == {"B": 3, "F": 3}
@@ -309,13 +348,13 @@ def test_default_set_has_real_counts_and_records_its_parameters(tmp_path, monkey
             assert recorded[field] == (list(value) if isinstance(value, tuple) else value), field
     assert sorted(rendered) == sorted((d, i, 0, False) for d, n in REAL_CASE_COUNTS.items()
                                       for i in range(n))
-    assert is_complete(out)
+    assert synthetic_set_is_written(out)
     # another acquisition table (a calibration change) no longer matches the cached set
     changed = dict(ACQUISITIONS)
     changed["F"] = synthetic.Acquisition(**{**synthetic.asdict(ACQUISITIONS["F"]),
                                             "fat": ACQUISITIONS["F"].fat + 0.1})
     monkeypatch.setattr(synthetic, "ACQUISITIONS", changed)
-    assert not is_complete(out)
+    assert not synthetic_set_is_written(out)
 
 
 def test_write_layout_manifest_and_rerun(tmp_path, capsys):
@@ -339,7 +378,7 @@ def test_write_layout_manifest_and_rerun(tmp_path, capsys):
     payload = bytearray(victim.read_bytes())
     payload[len(payload) // 2] ^= 0xFF
     victim.write_bytes(bytes(payload))
-    assert not is_complete(out, cases_per_domain=1, seed=5)
+    assert not synthetic_set_is_written(out, cases_per_domain=1, seed=5)
 
 
 def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
@@ -392,12 +431,12 @@ def test_outdated_cached_set_is_replaced(tmp_path, monkeypatch):
                             previews=False, progress=False)
     (spare / "notes.txt").write_text("mine")
     monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
-    assert not is_complete(out, cases_per_domain=1, domains=["F"])
+    assert not synthetic_set_is_written(out, cases_per_domain=1, domains=["F"])
     assert ensure_synthetic(out, cases_per_domain=1, domains=["F"], previews=False,
                             progress=False) == out
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["params"]["version"] == synthetic.GENERATOR_VERSION
-    assert is_complete(out, cases_per_domain=1, domains=["F"])
+    assert synthetic_set_is_written(out, cases_per_domain=1, domains=["F"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spare", "syn"]  # nothing left aside
     with pytest.raises(FileExistsError):
         ensure_synthetic(spare, cases_per_domain=1, domains=["F"], progress=False)
@@ -408,7 +447,4 @@ def test_outdated_cached_set_is_replaced(tmp_path, monkeypatch):
 
 def test_docs_parameter_table_matches_acquisitions():
     """docs/data.md publishes the per-site parameters; it must be the table ACQUISITIONS prints."""
-    from pathlib import Path
-
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
-    assert synthetic.acquisition_table() in docs
+    assert synthetic.acquisition_table() in DOCS_DATA.read_text()

@@ -6,7 +6,6 @@ Oracles are numpy, plain PyTorch compositions and the reference's own autograd, 
 """
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np

@@ -53,6 +53,32 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total
 
 
+def test_inputs_come_in_natural_name_order_without_labels_and_masks(tmp_path):
+    for name in ("Case10.nii.gz", "Case2.nii", "Case1.nii.gz", "Case1_segmentation.nii.gz", "Case2_mask.nii.gz",
+                 "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in list_inputs(tmp_path)] == ["Case1.nii.gz", "Case2.nii", "Case10.nii.gz"]
+
+
+@pytest.mark.parametrize("foreground, panels", [((1, 2, 3, 4), 3), ((), 1)])
+def test_overlay_png_has_a_panel_per_largest_mask_slice(tmp_path, foreground, panels):
+    import matplotlib.image
+
+    from sammed_fast.data.prostate import Volume
+    from sammed_fast.experiment.prediction import _write_overlay
+
+    image = np.random.default_rng(0).standard_normal((6, 20, 30)).astype(np.float32)
+    mask = np.zeros(image.shape, np.uint8)
+    for s in foreground:
+        mask[s, 5:5 + s, 5:10] = 1
+    volume = Volume("B", "Case03", image, mask, (1.0, 1.0, 1.0), np.eye(4), None)
+    _write_overlay(tmp_path / "o.png", volume, mask)
+    data = (tmp_path / "o.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and b"Software" not in data  # no matplotlib version in the bytes
+    height, width, _ = matplotlib.image.imread(tmp_path / "o.png").shape
+    assert (width, height) == (300 * panels, 320)  # 3 x 3.2 inches per panel at 100 dpi
+
+
 def test_masks_of_a_target_domain_score_what_the_run_evaluated(tiny_run, tmp_path):
     folder = domain_folder(tiny_run, "B")
     inputs = list_inputs(folder)

@@ -194,6 +194,21 @@ def test_without_resume_a_run_starts_over(tmp_path, monkeypatch, one_thread):
     assert len(calls) == TINY.steps
 
 
+def test_a_damaged_resume_checkpoint_or_init_file_is_named(tmp_path):
+    out = tmp_path / "p.pth"
+    pretrain.resume_path(out).write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="resume checkpoint .*p.resume.pt"):
+        pretrain.pretrain_compact_sam(config=TINY, out=out, progress=False, resume=True)
+    finished = tmp_path / "finished.pth"
+    shutil.copy(pretrain.resume_path(out), finished)  # garbage that its sidecar vouches for
+    sidecar = {"format": pretrain.FORMAT, "tile_size": TINY.tile_size,
+               "sam_config": json.loads(json.dumps(compact_config(2 * TINY.tile_size).to_json())),
+               "sha256": hashlib.sha256(finished.read_bytes()).hexdigest()}
+    pretrain.sidecar_path(finished).write_text(json.dumps(sidecar))
+    with pytest.raises(ValueError, match="--init .*finished.pth: cannot read"):
+        pretrain.pretrain_compact_sam(config=TINY, out=out, progress=False, init=finished)
+
+
 def test_progress_is_one_line_per_five_percent_without_a_terminal(tmp_path, capsys, one_thread):
     config = dataclasses.replace(TINY, steps=40, checkpoint_every=100)
     pretrain.pretrain_compact_sam(config=config, out=tmp_path / "p.pth", progress=True)

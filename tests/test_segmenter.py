@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from sammed_fast.models import DEFAULT_SEGMENTER, SEGMENTERS, build_segmenter
+from sammed_fast.models import SEGMENTERS, build_segmenter
 
 
 @pytest.mark.parametrize("name", sorted(SEGMENTERS))
@@ -19,7 +19,6 @@ def test_output_is_one_logit_map_at_input_size(name):
 
 
 def test_default_is_the_light_one_and_trains():
-    assert DEFAULT_SEGMENTER == "resnet18_lite"
     torch.manual_seed(0)
     model = build_segmenter()
     assert sum(p.numel() for p in model.parameters()) < 2_000_000
@@ -69,5 +68,9 @@ def test_weight_and_input_errors(tmp_path):
     torch.save({"model": build_segmenter("resnet18_lite").state_dict()}, wrapped)
     with pytest.raises(ValueError, match="not a plain state dict"):
         build_segmenter("resnet18_lite", weights=wrapped)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read segmenter weights .*garbage.pth"):
+        build_segmenter("resnet18_lite", weights=garbage)
     with pytest.raises(ValueError, match=r"\(B,1,H,W\)"):
         build_segmenter("resnet18_lite")(torch.zeros(1, 3, 32, 32))

@@ -438,7 +438,13 @@ def test_config_checks_are_keyword_only_and_typed():
     config = TrainConfig(targets="c,d").resolved()
     assert config.targets == ("C", "D") and config.tile_size == 64
     assert dataclasses.replace(config, sam="vit_b", tile_size=None).resolved().tile_size == 512
-    assert not math.isnan(config.theta2)
+
+
+@pytest.mark.parametrize("field, value, flag", [("theta2", math.nan, "--theta2"), ("theta1", math.nan, "--theta1"),
+                                                ("theta2_sweep", (0.5, math.nan), "--theta2-sweep")])
+def test_nan_thresholds_are_refused_naming_the_option(field, value, flag):
+    with pytest.raises(ConfigError, match=f"{flag} must lie strictly between 0 and 1, got nan"):
+        TrainConfig(**{field: value})
 
 
 def test_the_mosaic_dice_of_a_run_equals_numpy_on_its_stored_predictions(full_run):

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import masks_to_boxes
 
+from sammed_fast.data.filters import gaussian_blur
+
 MAX_OBJECTS = 6
 MIN_TARGET_AREA = 0.008  # fraction of the image: a 64 px tile keeps targets from about 6 px across
 
@@ -147,7 +149,7 @@ def _finish(image: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Bias field, blur, noise, gamma, z-score: (n,S,S) raw intensities -> (n,1,S,S) float32."""
     n, size = image.shape[0], image.shape[-1]
     image = image * (1 + 0.3 * _uniform((n, 1, 1), 0, 1, g) * _smooth_noise(n, size, 2, g))
-    image = _blur(image.unsqueeze(1), _uniform((n,), 0.0, 1.2, g))
+    image = gaussian_blur(image.unsqueeze(1), _uniform((n,), 0.0, 1.2, g), radius=3, padding="replicate")
     noise_std = _uniform((n, 1, 1, 1), 0.0, 0.25, g) * image.flatten(1).std(1).view(-1, 1, 1, 1)
     image = image + noise_std * torch.randn(image.shape, generator=g)
     low = image.flatten(1).amin(1).view(-1, 1, 1, 1)
@@ -307,16 +309,3 @@ def _clamp_boxes(boxes: torch.Tensor, size: int) -> torch.Tensor:
     low = torch.minimum(boxes[:, :2], boxes[:, 2:]).clamp(max=size - 2)
     high = torch.maximum(torch.maximum(boxes[:, :2], boxes[:, 2:]), low + 1)
     return torch.cat([low, high], 1).float()
-
-
-def _blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur of (n,1,S,S) with a per-image sigma in pixels (0 = identity)."""
-    n = images.shape[0]
-    radius = 3
-    taps = torch.arange(-radius, radius + 1).float()
-    kernel = torch.exp(-0.5 * (taps / sigma.clamp_min(1e-3).view(-1, 1)) ** 2)
-    kernel = kernel / kernel.sum(1, keepdim=True)
-    x = images.transpose(0, 1)  # (1,n,S,S): one group per image
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(n, 1, 1, -1), groups=n)
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(n, 1, -1, 1), groups=n)
-    return x.transpose(0, 1)

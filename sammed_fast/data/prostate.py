@@ -31,6 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sammed_fast.atomic import write_bytes_atomic
+from sammed_fast.files import natural_key
 
 __all__ = [
     "DOMAINS", "Domain", "Volume", "CaseFiles", "find_cases", "read_case", "load_domain",
@@ -112,10 +113,6 @@ def to_nifti_order(array):
     return array.transpose(2, 1, 0) if isinstance(array, np.ndarray) else array.permute(2, 1, 0)
 
 
-def _natural_key(case_id: str) -> tuple:
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", case_id))
-
-
 def find_cases(root: str | os.PathLike, letter: str) -> list[CaseFiles]:
     """Lists the (image, label) pairs of one domain, sorted by case id; checks the pairing only."""
     letter = domain_letter(letter)
@@ -141,7 +138,7 @@ def find_cases(root: str | os.PathLike, letter: str) -> list[CaseFiles]:
         if case_id not in images:
             raise FileNotFoundError(f"{path}: label without its image {case_id}.nii.gz")
     cases = []
-    for case_id in sorted(images, key=_natural_key):
+    for case_id in sorted(images, key=natural_key):
         if case_id not in labels:
             raise FileNotFoundError(f"{images[case_id]}: no label file "
                                     f"{case_id}_segmentation.nii.gz next to it")
@@ -277,7 +274,7 @@ def split_source(volumes: Sequence[Volume], *,
     n_test = max(1, math.floor(fractions[2] * n + 0.5))
     if n - n_val - n_test < 1:
         raise ValueError(f"{n} volumes are too few for a train/val/test split (need at least 3)")
-    ordered = sorted(volumes, key=lambda v: _natural_key(v.case_id))
+    ordered = sorted(volumes, key=lambda v: natural_key(v.case_id))
     n_train = n - n_val - n_test
     return {"train": ordered[:n_train], "val": ordered[n_train:n_train + n_val],
             "test": ordered[n_train + n_val:]}

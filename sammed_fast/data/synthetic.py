@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import math
 import os
@@ -35,10 +34,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from sammed_fast.data.filters import gaussian_blur
 from sammed_fast.data.prostate import DOMAINS, to_nifti_order
+from sammed_fast.files import sha256_file
+from sammed_fast.plotting import image_panel, new_figure, png_bytes
 
 __all__ = ["Acquisition", "ACQUISITIONS", "acquisition_table", "REAL_CASE_COUNTS", "DEFAULT_CASES", "write_synthetic",
-           "ensure_synthetic", "is_complete", "render_case", "main"]
+           "ensure_synthetic", "synthetic_set_is_written", "render_case", "main"]
 
 GENERATOR_VERSION = 2
 MANIFEST = "manifest.json"
@@ -326,18 +328,6 @@ def _rectum(anat: _Anatomy, t, img, X, Y, z):
 # acquisition
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(S, H, W) in-plane Gaussian blur, reflect padding."""
-    if sigma <= 0:
-        return x
-    radius = max(1, int(math.ceil(3 * sigma)))
-    k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=x.dtype) / sigma) ** 2)
-    k = k / k.sum()
-    y = F.pad(x.unsqueeze(1), (radius, radius, radius, radius), mode="reflect")
-    y = F.conv2d(y, k.view(1, 1, 1, -1))
-    return F.conv2d(y, k.view(1, 1, -1, 1))[:, 0]
-
-
 def render_case(letter: str, case_index: int, *, seed: int = 0, full: bool = False):
     """One synthetic case: (image int16 (S, H, W), label uint8 (S, H, W), spacing (sx, sy, sz) mm,
     z of slice 0 in mm). Slice 0 is the most inferior (apex side)."""
@@ -394,7 +384,7 @@ def render_case(letter: str, case_index: int, *, seed: int = 0, full: bool = Fal
         rcx, rcy = anat.rectum_centre(anat.pz)
         d2 = ((Xo - rcx) ** 2 + (Yo - rcy) ** 2)[None] + (torch.clamp(zc.abs() * 60 - 25, min=0)) ** 2
         bias = bias * (1 + acq.coil / (1 + d2 / 20.0 ** 2))
-    signal = _gaussian_blur(signal * bias, acq.blur_px)
+    signal = gaussian_blur((signal * bias).unsqueeze(1), acq.blur_px)[:, 0]
     gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
     n1 = torch.randn(signal.shape, generator=gen) * noise
     n2 = torch.randn(signal.shape, generator=gen) * noise
@@ -447,16 +437,8 @@ def _check_domains(domains) -> list[str]:
     return domains
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def is_complete(out_dir: str | os.PathLike, *, full: bool = False, seed: int = 0,
-                cases_per_domain: int | None = None, domains=None, verify: bool = True) -> bool:
+def synthetic_set_is_written(out_dir: str | os.PathLike, *, full: bool = False, seed: int = 0,
+                             cases_per_domain: int | None = None, domains=None, verify: bool = True) -> bool:
     """True when `out_dir` holds a finished set written with these parameters (and, with verify,
     every file in the manifest still has its checksum)."""
     out_dir = Path(out_dir)
@@ -470,9 +452,13 @@ def is_complete(out_dir: str | os.PathLike, *, full: bool = False, seed: int = 0
         path = out_dir / rel
         if not path.is_file() or path.stat().st_size != entry["bytes"]:
             return False
-        if verify and _sha256(path) != entry["sha256"]:
+        if verify and sha256_file(path) != entry["sha256"]:
             return False
     return True
+
+
+#: The old name, still imported by sammed_fast.cli.synthetic (drop it once that uses the new one).
+is_complete = synthetic_set_is_written
 
 
 def write_synthetic(out_dir: str | os.PathLike, *, full: bool = False, seed: int = 0,
@@ -561,7 +547,7 @@ def ensure_synthetic(out_dir: str | os.PathLike, *, full: bool = False, seed: in
     else (a different or damaged set, unrelated files)."""
     out_dir = Path(out_dir)
     kw = dict(full=full, seed=seed, cases_per_domain=cases_per_domain, domains=domains)
-    if is_complete(out_dir, **kw):
+    if synthetic_set_is_written(out_dir, **kw):
         return out_dir
     if out_dir.is_dir() and not out_dir.is_symlink() and _outdated_set(out_dir):
         fresh = out_dir.parent / f".{out_dir.name}.new-{os.getpid()}"
@@ -573,7 +559,7 @@ def ensure_synthetic(out_dir: str | os.PathLike, *, full: bool = False, seed: in
             os.rename(fresh, out_dir)
         except OSError:
             shutil.rmtree(fresh, ignore_errors=True)
-            if is_complete(out_dir, **kw):  # another process replaced it first
+            if synthetic_set_is_written(out_dir, **kw):  # another process replaced it first
                 return out_dir
             raise
         shutil.rmtree(old, ignore_errors=True)
@@ -586,7 +572,7 @@ def ensure_synthetic(out_dir: str | os.PathLike, *, full: bool = False, seed: in
     try:
         return write_synthetic(out_dir, previews=previews, progress=progress, **kw)
     except OSError:
-        if is_complete(out_dir, **kw):  # another process finished the same set first
+        if synthetic_set_is_written(out_dir, **kw):  # another process finished the same set first
             return out_dir
         raise
 
@@ -594,26 +580,12 @@ def ensure_synthetic(out_dir: str | os.PathLike, *, full: bool = False, seed: in
 def _previews(cases: dict[str, tuple[np.ndarray, np.ndarray, tuple]]) -> dict[str, bytes]:
     """PNG bytes: the mid-gland slice of Case00 of every domain side by side, with and without the
     label outline, and Case00 of the first domain from apex to base."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     def show(ax, img, lab=None, title=None):
         lo, hi = np.percentile(img, [0.5, 99.5])
-        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
-        if lab is not None and lab.any():
-            ax.contour(lab, levels=[0.5], colors="red", linewidths=0.8)
-        if title:
-            ax.set_title(title, fontsize=8)
-        ax.axis("off")
-
-    def png(fig) -> bytes:
-        FigureCanvasAgg(fig)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
-        return buf.getvalue()
+        image_panel(ax, img, lab, title=title, vmin=lo, vmax=hi, interpolation="nearest", linewidth=0.8)
 
     letters = list(cases)
-    fig = Figure(figsize=(2.1 * len(letters), 4.4))
+    fig = new_figure((2.1 * len(letters), 4.4))
     axes = fig.subplots(2, len(letters), squeeze=False)
     for col, letter in enumerate(letters):
         image, label, spacing = cases[letter]
@@ -623,16 +595,16 @@ def _previews(cases: dict[str, tuple[np.ndarray, np.ndarray, tuple]]) -> dict[st
              title=f"{letter} {site}\n{spacing[0]:.2f} mm, {spacing[2]:.2f} mm slices")
         show(axes[1, col], image[k].astype(np.float32), label[k])
     fig.tight_layout()
-    out = {"previews/domains.png": png(fig)}
+    out = {"previews/domains.png": png_bytes(fig, dpi=110)}
 
     image, label, _ = cases[letters[0]]
     cols = min(8, image.shape[0])
-    fig = Figure(figsize=(1.8 * cols, 2.1))
+    fig = new_figure((1.8 * cols, 2.1))
     axes = fig.subplots(1, cols, squeeze=False)[0]
     for ax, k in zip(axes, np.linspace(0, image.shape[0] - 1, cols).round().astype(int)):
         show(ax, image[k].astype(np.float32), label[k], title=f"slice {k}")
     fig.tight_layout()
-    out[f"previews/{letters[0]}_apex_to_base.png"] = png(fig)
+    out[f"previews/{letters[0]}_apex_to_base.png"] = png_bytes(fig, dpi=110)
     return out
 
 

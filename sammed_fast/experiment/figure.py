@@ -3,7 +3,6 @@ filtered box (yellow) and the ground-truth box (green, dashed), the segmenter's 
 final mask (SAM + filtered box) and the ground truth."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Sequence
 
@@ -12,6 +11,7 @@ import numpy as np
 from sammed_fast.atomic import write_bytes_atomic
 from sammed_fast.experiment.evaluation import FigureSample
 from sammed_fast.metrics import dice
+from sammed_fast.plotting import image_panel, new_figure, png_bytes
 
 __all__ = ["write_figure"]
 
@@ -41,12 +41,8 @@ def _draw_boxes(ax, boxes: dict) -> None:
 
 def write_figure(path: Path, samples: Sequence[FigureSample]) -> None:
     """Draws one row per sample (masks in colour over the image, 2D Dice in the titles)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     rows = max(1, len(samples))
-    fig = Figure(figsize=(2.4 * len(COLUMNS), 2.5 * rows))
-    FigureCanvasAgg(fig)
+    fig = new_figure((2.4 * len(COLUMNS), 2.5 * rows))
     axes = fig.subplots(rows, len(COLUMNS), squeeze=False)
     for r, sample in enumerate(samples):
         image = sample.image.float().numpy()
@@ -57,20 +53,16 @@ def write_figure(path: Path, samples: Sequence[FigureSample]) -> None:
                   f"final, Dice {100 * _dice(sample.final, sample.truth):.1f}",
                   "ground truth")
         for ax, mask, title in zip(axes[r], masks, titles):
-            ax.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+            image_panel(ax, image, title=title, vmin=low, vmax=high, interpolation="nearest")
             if mask is not None:
                 overlay = np.zeros((*mask.shape, 4))
                 overlay[mask.numpy()] = (1.0, 0.2, 0.1, 0.45)
                 ax.imshow(overlay, interpolation="nearest")
             else:
                 _draw_boxes(ax, sample.boxes)
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
     for ax, name in zip(axes[0], COLUMNS):
         ax.text(0.5, 1.18, name, transform=ax.transAxes, ha="center", fontsize=9, weight="bold")
     if not samples:
         axes[0, 0].text(0.5, 0.5, "no target slices", ha="center")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    write_bytes_atomic(Path(path), buffer.getvalue())
+    write_bytes_atomic(Path(path), png_bytes(fig, dpi=100))

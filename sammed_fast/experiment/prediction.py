@@ -22,7 +22,6 @@ the command then exits with status 1. The CLI parses its arguments and calls :fu
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import re
 import sys
@@ -39,9 +38,11 @@ from sammed_fast.data.prostate import (Volume, canonical_spacing, file_orientati
 from sammed_fast.data.slices import resize_images
 from sammed_fast.atomic import write_bytes_atomic
 from sammed_fast.errors import ConfigError
+from sammed_fast.files import natural_key
 from sammed_fast.experiment.devices import resolve_device
 from sammed_fast.experiment.run_method import RunMethod, open_finished_run
 from sammed_fast.method.predictor import Predictor
+from sammed_fast.plotting import image_panel, new_figure, png_bytes
 
 __all__ = ["PredictionFailed", "list_inputs", "check_outputs", "load_run_predictor", "predict"]
 
@@ -68,10 +69,6 @@ def _stem(path: Path) -> str:
     return match.group("stem") if match else path.name
 
 
-def _natural_key(name: str) -> tuple:
-    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name))
-
-
 def list_inputs(path: str | Path) -> list[Path]:
     """The volumes to predict: ``path`` itself, or the NIfTI files of folder ``path`` in natural
     name order (Case2 before Case10), without labels (``*_segmentation``) and masks (``*_mask``)."""
@@ -84,7 +81,7 @@ def list_inputs(path: str | Path) -> list[Path]:
              and not _SKIPPED.search(_stem(p))]
     if not found:
         raise ConfigError(f"--input {path}: the folder holds no NIfTI volumes (*.nii, *.nii.gz)")
-    return sorted(found, key=lambda p: _natural_key(p.name))
+    return sorted(found, key=lambda p: natural_key(p.name))
 
 
 def _output_paths(inputs: list[Path], input_is_file: bool, output: Path) -> list[Path]:
@@ -165,26 +162,15 @@ class _Job:
 
 def _write_overlay(path: Path, volume: Volume, mask: np.ndarray) -> None:
     """A PNG of up to OVERLAY_SLICES slices (the largest masks, else the middle one) with the mask contour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     areas = mask.reshape(mask.shape[0], -1).sum(1, dtype=np.int64)
     largest = np.argsort(-areas, kind="stable")[:min(OVERLAY_SLICES, int((areas > 0).sum()))]
     chosen = sorted(largest.tolist()) or [mask.shape[0] // 2]
-    fig, axes = plt.subplots(1, len(chosen), figsize=(3 * len(chosen), 3.2), squeeze=False)
+    fig = new_figure((3 * len(chosen), 3.2))
+    axes = fig.subplots(1, len(chosen), squeeze=False)
     for ax, s in zip(axes[0], chosen):
-        ax.imshow(volume.image[s], cmap="gray")
-        if mask[s].any():
-            ax.contour(mask[s], levels=[0.5], colors="red", linewidths=1)
-        ax.set_title(f"{volume.case_id} slice {s}", fontsize=8)
-        ax.axis("off")
+        image_panel(ax, volume.image[s], mask[s], title=f"{volume.case_id} slice {s}")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    write_bytes_atomic(path, buffer.getvalue())
+    write_bytes_atomic(path, png_bytes(fig, dpi=100))
 
 
 def _finish(job: _Job, theta2: float, overlays: bool) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -36,6 +35,8 @@ from tqdm import tqdm
 from sammed_fast.atomic import save_torch_atomic, write_text_atomic
 from sammed_fast.cache import default_cache_dir
 from sammed_fast.errors import ConfigError
+from sammed_fast.files import load_torch_file, sha256_file
+from sammed_fast.metrics import dice as _dice
 from sammed_fast.method.losses import dice_bce_loss
 from sammed_fast.data import procedural
 from sammed_fast.data.procedural import BoxNoise, ShapeBatch, generate, perturb_boxes
@@ -104,11 +105,10 @@ def resume_path(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(".resume.pt")
 
 
-def hard_dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(B,1,h,w) binary masks -> (B,) Dice; 1 when both are empty."""
-    pred, target = pred.flatten(1).float(), target.flatten(1).float()
-    total = pred.sum(1) + target.sum(1)
-    return torch.where(total > 0, 2 * (pred * target).sum(1) / total.clamp_min(1), torch.ones_like(total))
+def _mean_dice(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean per-image Dice of (B,1,h,w) binary masks (1 when both are empty). The float32 per-image
+    scores equal the float32 ratio the recorded held-out numbers were made with, so the mean is the same."""
+    return _dice(pred, target).float().mean().item()
 
 
 def _lr_factor(step: int, config: PretrainConfig) -> float:
@@ -144,8 +144,7 @@ def box_baselines(boxes: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
     fill = torch.zeros_like(masks)
     for i, (x0, y0, x1, y1) in enumerate(boxes.round().long().tolist()):
         fill[i, 0, y0 : y1 + 1, x0 : x1 + 1] = 1
-    return {"box_fill": hard_dice(fill, masks).mean().item(),
-            "ellipse_in_box": hard_dice(ellipse_in_boxes(boxes, size), masks).mean().item()}
+    return {"box_fill": _mean_dice(fill, masks), "ellipse_in_box": _mean_dice(ellipse_in_boxes(boxes, size), masks)}
 
 
 @torch.no_grad()
@@ -160,7 +159,7 @@ def evaluate_boxes(model: TiledSam, images: torch.Tensor, masks: torch.Tensor,
         embeddings = model.encode(images[i : i + batch].to(device))
         for name, boxes in box_sets.items():
             predictions[name].append(model.decode(embeddings, boxes[i : i + batch].to(device)).cpu() > 0)
-    return {name: hard_dice(torch.cat(preds), masks).mean().item() for name, preds in predictions.items()}
+    return {name: _mean_dice(torch.cat(preds), masks) for name, preds in predictions.items()}
 
 
 def evaluate_heldout(model: TiledSam, *, slices: int, seed: int) -> dict:
@@ -188,8 +187,8 @@ def quick_check(model: TiledSam, *, seed: int) -> dict:
             "heldout": evaluate_heldout(model, slices=QUICK_CHECK_SLICES, seed=seed)}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+#: The old name, still imported by sammed_fast.cli.pretrain (drop it once that uses sha256_file).
+_sha256 = sha256_file
 
 
 class _Progress:
@@ -258,7 +257,8 @@ def pretrain_compact_sam(
     generator = torch.Generator().manual_seed(config.seed)
     first_step, losses, seconds_before = 0, [], 0.0
     if resume and state_path.is_file():
-        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+        saved = load_torch_file(state_path, message="cannot read the resume checkpoint {path} ({reason}); "
+                                                     "remove it to start over")
         if saved["config"] != config.to_json():
             raise ValueError(f"{state_path} was made with another recipe ({saved['config']}); "
                              f"remove it or rerun with that recipe")
@@ -337,7 +337,7 @@ def pretrain_compact_sam(
         "command": command or (f"python -m sammed_fast.pretrain --tile-size {config.tile_size} --steps "
                                f"{config.steps} --seed {config.seed} --checkpoint-every {config.checkpoint_every} "
                                f"--threads {torch.get_num_threads()} --out {path}"),
-        "sha256": _sha256(path),
+        "sha256": sha256_file(path),
         "note": "procedural shapes only; a stand-in for real SAM weights",
     }
     # The sidecar goes last: a checkpoint counts as complete only when its sidecar vouches for it.
@@ -359,18 +359,20 @@ def _warm_start(sam: torch.nn.Module, init: str | os.PathLike | None, config: Pr
     if problems:
         raise ValueError(f"--init {init}: not a finished compact SAM for tile size {config.tile_size} "
                          f"({'; '.join(problems)})")
-    digest = _sha256(init)
+    digest = sha256_file(init)
     if config.init_sha256 is not None and digest != config.init_sha256:
         raise ValueError(f"--init {init}: sha256 {digest} differs from the recipe's {config.init_sha256}")
-    state = torch.load(init, map_location="cpu", weights_only=True)
+    state = load_torch_file(init, message="--init {path}: cannot read it with weights_only=True ({reason})")
     sam.load_state_dict({key: value.float() if value.is_floating_point() else value for key, value in state.items()})
     meta = json.loads(sidecar_path(init).read_text())
     return {"file": init.name, "sha256": digest, "steps": meta.get("steps"), "command": meta.get("command"),
             "pretrain_config": meta.get("pretrain_config"), "init": meta.get("init")}
 
 
-def is_complete(path: Path, tile_size: int) -> bool:
-    """True when ``path`` holds a finished compact SAM for this tile size made by this code version."""
+def checkpoint_is_vouched_for(path: Path, tile_size: int) -> bool:
+    """True when ``path`` holds a finished compact SAM for this tile size made by this code version:
+    its sidecar exists (written last) and records this format, tile size, architecture and the
+    file's sha256."""
     return not _problems(path, tile_size)
 
 
@@ -385,7 +387,7 @@ def _problems(path: Path, tile_size: int) -> list[str]:
         return [f"unreadable sidecar {sidecar}: {error}"]
     expected = {"format": FORMAT, "tile_size": tile_size,
                 "sam_config": json.loads(json.dumps(compact_config(2 * tile_size).to_json())),
-                "sha256": _sha256(path)}
+                "sha256": sha256_file(path)}
     return [f"{key}: sidecar says {meta.get(key)!r}, expected {value!r}"
             for key, value in expected.items() if meta.get(key) != value]
 
@@ -404,7 +406,7 @@ def find_compact_sam(*, tile_size: int, cache_dir: str | os.PathLike | None = No
                                f"python -m sammed_fast.pretrain --out {shipped}")
         return shipped
     path = compact_checkpoint_path(tile_size, cache_dir)
-    if not is_complete(path, tile_size):
+    if not checkpoint_is_vouched_for(path, tile_size):
         raise ConfigError(f"no pretrained compact SAM for tile size {tile_size} at {path}")
     return path
 

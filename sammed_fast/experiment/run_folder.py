@@ -154,11 +154,10 @@ MANAGED = RunPaths.managed()
 
 def load_torch(path: Path) -> Any:
     """torch.load with weights_only=True onto the CPU; a damaged file names itself."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated zips, foreign pickles
-        raise ConfigError(f"cannot read {path} ({type(error).__name__}: {error}); delete it and "
-                          "run again with --resume to recompute it") from error
+    from sammed_fast.files import load_torch_file
+
+    return load_torch_file(path, error=ConfigError, message="cannot read {path} ({reason}); delete it and "
+                                                            "run again with --resume to recompute it")
 
 
 def _now() -> str:

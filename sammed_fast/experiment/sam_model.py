@@ -18,6 +18,7 @@ from sammed_fast.errors import ConfigError
 from sammed_fast.experiment.config import TrainConfig
 from sammed_fast.experiment.run_data import cache_dir
 from sammed_fast.experiment.run_folder import RunFolder
+from sammed_fast.files import load_torch_file
 from sammed_fast.experiment.pretraining import PretrainConfig, ensure_compact_sam, find_compact_sam, pretrain_compact_sam
 from sammed_fast.models import TiledSam, build_sam, config_for, describe_state_dict, freeze_for_decoder_training
 from sammed_fast.models.sam_registry import compact_config, expected_description, sam_from_config
@@ -44,7 +45,7 @@ def check_sam(config: TrainConfig) -> None:
     if not path.is_file():
         raise ConfigError(f"--sam-checkpoint {path}: file not found")
     try:  # mmap: reads the key shapes without loading a multi-GB file into memory
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = load_torch_file(path, mmap=True)
     except Exception as error:
         raise ConfigError(f"--sam-checkpoint {path}: cannot be read as a state dict with "
                           f"weights_only=True ({type(error).__name__}: {error})") from error

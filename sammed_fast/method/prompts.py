@@ -17,6 +17,7 @@ import dataclasses
 import torch
 
 from sammed_fast import ops
+from sammed_fast.ops import reference
 
 __all__ = ["PROMPT_KINDS", "EMPTY_BOX_POLICIES", "BoxPrompter", "mask_boxes", "compute_boxes", "prompts_for",
            "jitter_boxes", "noise_boxes", "ellipse_in_boxes"]
@@ -27,16 +28,9 @@ EMPTY_BOX_POLICIES = ("skip", "full")
 
 def mask_boxes(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Box of all foreground of each mask: (B,H,W) bool -> (boxes (B,4) float32 xyxy inclusive,
-    empty (B,) bool); an empty mask gets (-1,-1,-1,-1)."""
-    B, H, W = masks.shape
-    rows, cols = masks.any(2), masks.any(1)
-    empty = ~rows.any(1)
-    y = torch.arange(H, device=masks.device)
-    x = torch.arange(W, device=masks.device)
-    boxes = torch.stack([torch.where(cols, x, W).amin(1), torch.where(rows, y, H).amin(1),
-                         torch.where(cols, x, -1).amax(1), torch.where(rows, y, -1).amax(1)], 1).float()
-    boxes[empty] = -1.0
-    return boxes, empty
+    empty (B,) bool); an empty mask gets (-1,-1,-1,-1). The ops' reference computes the boxes."""
+    boxes = reference.boxes_of_masks(masks)
+    return boxes, boxes[:, 0] < 0
 
 
 def compute_boxes(probs: torch.Tensor, labels: torch.Tensor | None, *, theta1: float, downscale: int

@@ -22,6 +22,7 @@ from segment_anything.modeling import (
     TwoWayTransformer,
 )
 
+from sammed_fast.files import load_torch_file
 from sammed_fast.ops import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 
 SAM_CANVAS = 1024  # input size of the published models
@@ -198,12 +199,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SAM checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle errors, truncated zip files, foreign formats
-        raise ValueError(
-            f"cannot read SAM checkpoint {path} as a state dict with weights_only=True: {error}"
-        ) from error
+    state = load_torch_file(path, message="cannot read SAM checkpoint {path} as a state dict with "
+                                          "weights_only=True: {error}")
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):

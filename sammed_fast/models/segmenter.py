@@ -24,6 +24,8 @@ from torchvision.models import resnet18
 from torchvision.models.resnet import BasicBlock
 from torchvision.models.segmentation import deeplabv3_resnet50
 
+from sammed_fast.files import load_torch_file
+
 DEFAULT_SEGMENTER = "resnet18_lite"
 
 
@@ -144,10 +146,7 @@ SEGMENTERS: dict[str, Callable[[], Segmenter]] = {
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"segmenter weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"cannot read segmenter weights {path} with weights_only=True: {error}") from error
+    state = load_torch_file(path, message="cannot read segmenter weights {path} with weights_only=True: {error}")
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):

@@ -39,13 +39,13 @@ def decode_per_box(
     image_pe: torch.Tensor,
     sparse: torch.Tensor,
     dense: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """MaskDecoder's prediction with one image embedding PER BOX (single-mask output).
+) -> torch.Tensor:
+    """MaskDecoder's mask prediction with one image embedding PER BOX (single-mask output).
 
     segment_anything's ``predict_masks`` repeat_interleaves one embedding across all boxes; this
     reuses the decoder's own submodules instead, so B embeddings and B boxes give B masks.
     image_embeddings (B,E,h,w), image_pe (1,E,h,w), sparse (B,n,E), dense (B,E,h,w) ->
-    (low-res logits (B,1,4h,4w), IoU predictions (B,1)).
+    low-res logits (B,1,4h,4w). SAM's IoU prediction head is not run: nothing reads its scores.
     """
     B, E, h, w = image_embeddings.shape
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
@@ -54,9 +54,7 @@ def decode_per_box(
     upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(B, E, h, w))
     # Mask token 0 is the single-mask output (multimask_output=False in segment_anything).
     hyper = decoder.output_hypernetworks_mlps[0](hs[:, 1, :])
-    masks = torch.bmm(hyper.unsqueeze(1), upscaled.flatten(2)).view(B, 1, *upscaled.shape[-2:])
-    iou = decoder.iou_prediction_head(hs[:, 0, :])[:, :1]
-    return masks, iou
+    return torch.bmm(hyper.unsqueeze(1), upscaled.flatten(2)).view(B, 1, *upscaled.shape[-2:])
 
 
 #: How a slice, min-max scaled to 0..255, is normalised for the image encoder, as (pixel_mean,
@@ -146,9 +144,6 @@ class TiledSam(nn.Module):
     def tiles_per_canvas(self) -> int:
         return self.grid * self.grid
 
-    def num_canvases(self, num_slices: int) -> int:
-        return -(-num_slices // self.tiles_per_canvas)
-
     def _check_slices(self, images: torch.Tensor) -> None:
         t = self.tile_size
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1:] != (1, t, t):
@@ -216,15 +211,6 @@ class TiledSam(nn.Module):
         k % g^2); default arange(B), i.e. box k belongs to the k-th encoded slice.
         Returns logits (B,1,t,t) float32 (threshold at 0 for SAM's mask).
         """
-        return self.decode_with_iou(embeddings, boxes, tile_index)[0]
-
-    def decode_with_iou(
-        self,
-        embeddings: torch.Tensor,
-        boxes: torch.Tensor,
-        tile_index: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`decode` plus SAM's predicted IoU (B,1) of each mask."""
         prompt_encoder = self.sam.prompt_encoder
         canvas_of_box, positions = self._locate(embeddings, boxes, tile_index)
         dtype = self.sam.mask_decoder.iou_token.weight.dtype
@@ -237,10 +223,8 @@ class TiledSam(nn.Module):
         per_box = per_box.to(device=boxes.device, dtype=dtype)
         canvas_boxes = self._to_canvas_frame(boxes.float(), positions)
         sparse, dense = prompt_encoder(points=None, boxes=canvas_boxes, masks=None)
-        low_res, iou = self._decode_per_box(
-            self.sam.mask_decoder, per_box, prompt_encoder.get_dense_pe(), sparse, dense
-        )
-        return self._from_canvas_frame(low_res, positions), iou
+        low_res = self._decode_per_box(self.sam.mask_decoder, per_box, prompt_encoder.get_dense_pe(), sparse, dense)
+        return self._from_canvas_frame(low_res, positions)
 
     def _locate(
         self, embeddings: torch.Tensor, boxes: torch.Tensor, tile_index: torch.Tensor | None
