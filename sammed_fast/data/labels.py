@@ -189,10 +189,10 @@ class LabelTable:
 
     def unknown_values(self, label_map: np.ndarray) -> list[int]:
         """Sorted values of ``label_map`` that are neither 0, ignored nor any structure's."""
+        if self.every_nonzero:
+            return []
         present = np.unique(np.asarray(label_map))
-        known = [0, *self.ignored]
-        if not self.every_nonzero:
-            known += self.declared_values_of(self.structures)
+        known = [0, *self.ignored, *self.declared_values_of(self.structures)]
         return [int(v) for v in present[~np.isin(present, known)]]
 
 
