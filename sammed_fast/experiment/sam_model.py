@@ -44,11 +44,10 @@ def check_sam(config: TrainConfig) -> None:
     path = Path(config.sam_checkpoint)
     if not path.is_file():
         raise ConfigError(f"--sam-checkpoint {path}: file not found")
-    try:  # mmap: reads the key shapes without loading a multi-GB file into memory
-        state = load_torch_file(path, mmap=True)
-    except Exception as error:
-        raise ConfigError(f"--sam-checkpoint {path}: cannot be read as a state dict with "
-                          f"weights_only=True ({type(error).__name__}: {error})") from error
+    # mmap: reads the key shapes without loading a multi-GB file into memory
+    state = load_torch_file(path, mmap=True, error=ConfigError,
+                            message="--sam-checkpoint {path}: cannot be read as a state dict with "
+                                    "weights_only=True ({reason})")
     if not isinstance(state, dict):
         raise ConfigError(f"--sam-checkpoint {path}: not a plain state dict "
                           f"(got {type(state).__name__})")
