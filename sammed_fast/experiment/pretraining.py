@@ -42,6 +42,7 @@ from sammed_fast.data.procedural import BoxNoise, ShapeBatch, generate, perturb_
 from sammed_fast.method.prompts import ellipse_in_boxes
 from sammed_fast.models.sam_registry import compact_config, sam_from_config
 from sammed_fast.models.tiled_sam import TiledSam
+from sammed_fast.options import option
 
 FORMAT = 3  # bump when the checkpoint/sidecar layout, the architecture or the procedural recipe changes
 WEIGHTS_DIR = Path(__file__).parents[1] / "weights"  # weights shipped with the package
@@ -52,17 +53,17 @@ EVAL_BOX_CHANGE = 0.1  # held-out boxes loosened / shifted by this fraction of t
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
     """Recipe of the compact-SAM pretraining (defaults: the shipped weights, about an hour on one
-    CPU thread)."""
+    CPU thread). The fields declared with an option are options of ``sammed-fast pretrain``."""
 
-    tile_size: int = 64
-    steps: int = 5000
+    tile_size: int = option(64, "slice side in pixels (canvas = 2x)")
+    steps: int = option(5000, "training steps")
     canvases_per_step: int = 4  # 4 tiles each, so 16 boxes per step
-    lr: float = 1e-3
+    lr: float = option(1e-3, "peak learning rate")
     weight_decay: float = 1e-4
-    warmup_steps: int = 200
-    seed: int = 0
+    warmup_steps: int = option(200, "steps of linear learning-rate warm-up (then cosine decay)")
+    seed: int = option(0, "seed of the initial weights and the procedural data")
     heldout_slices: int = 512
-    checkpoint_every: int = 200  # steps between resume checkpoints
+    checkpoint_every: int = option(200, "steps between resume checkpoints (the --out file with suffix .resume.pt)")
     box_noise: BoxNoise = BoxNoise()
     init_sha256: str | None = None  # warm start: sha256 of the compact-SAM weights training starts from
 
@@ -260,7 +261,7 @@ def pretrain_compact_sam(
     if resume and state_path.is_file():
         saved = torch.load(state_path, map_location="cpu", weights_only=True)
         if saved["config"] != config.to_json():
-            raise ValueError(f"{state_path} was made with another recipe ({saved['config']}); "
+            raise ConfigError(f"{state_path} was made with another recipe ({saved['config']}); "
                              f"remove it or rerun with that recipe")
         sam.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -357,11 +358,11 @@ def _warm_start(sam: torch.nn.Module, init: str | os.PathLike | None, config: Pr
     init = Path(init)
     problems = _problems(init, config.tile_size)
     if problems:
-        raise ValueError(f"--init {init}: not a finished compact SAM for tile size {config.tile_size} "
+        raise ConfigError(f"--init {init}: not a finished compact SAM for tile size {config.tile_size} "
                          f"({'; '.join(problems)})")
     digest = _sha256(init)
     if config.init_sha256 is not None and digest != config.init_sha256:
-        raise ValueError(f"--init {init}: sha256 {digest} differs from the recipe's {config.init_sha256}")
+        raise ConfigError(f"--init {init}: sha256 {digest} differs from the recipe's {config.init_sha256}")
     state = torch.load(init, map_location="cpu", weights_only=True)
     sam.load_state_dict({key: value.float() if value.is_floating_point() else value for key, value in state.items()})
     meta = json.loads(sidecar_path(init).read_text())
