@@ -12,30 +12,25 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from sammed_fast.errors import ConfigError
+from sammed_fast.cli import command
 from sammed_fast.experiment import distributed
 from sammed_fast.experiment.jobs import evaluate
 
-__all__ = ["main"]
+__all__ = ["SUMMARY", "main"]
+
+SUMMARY = "Re-evaluate a finished run folder and print its results table."
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sammed_fast.evaluate", description=__doc__.split("\n")[0])
+@command()
+def main(argv: Sequence[str] | None = None, prog: str = "python -m sammed_fast.evaluate") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=SUMMARY)
     parser.add_argument("--run", "--run-dir", dest="run", type=Path, required=True,
                         help="run folder written by sammed_fast.train (spell it --run-dir after "
                              "torchrun, whose parser mistakes --run for its own --run-path)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        evaluate(args.run, device=args.device, progress=not args.no_progress and sys.stderr.isatty())
-    except ConfigError as error:
-        if not distributed.is_main():  # rank 0 prints the message for every rank
-            raise SystemExit(2) from None
-        parser.error(str(error))
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        raise SystemExit(130)
+    evaluate(args.run, device=args.device, progress=not args.no_progress and sys.stderr.isatty())
     if distributed.is_main():
         print((args.run / "results.md").read_text())
     return 0

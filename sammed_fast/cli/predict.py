@@ -7,14 +7,18 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from sammed_fast.errors import ConfigError
+from sammed_fast.cli import command
 from sammed_fast.experiment.prediction import DEFAULT_BATCH, PredictionFailed, predict
 
-__all__ = ["main"]
+__all__ = ["SUMMARY", "main"]
+
+SUMMARY = "Apply a finished run to new NIfTI volumes: one mask per input."
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sammed_fast.predict", description=__doc__.split("\n")[0])
+@command()
+def main(argv: Sequence[str] | None = None, prog: str = "python -m sammed_fast.predict") -> int:
+    """Prints the written masks; exits 1 after writing the others when some inputs failed."""
+    parser = argparse.ArgumentParser(prog=prog, description=SUMMARY)
     parser.add_argument("--run", type=Path, required=True, help="finished run folder of sammed_fast.train")
     parser.add_argument("--input", type=Path, required=True, help="a NIfTI volume or a folder of them")
     parser.add_argument("--output", type=Path, required=True,
@@ -22,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overlays", action="store_true", help="also write <stem>_overlay.png")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,
-                        help=f"slices per step, a multiple of 4 (default {DEFAULT_BATCH})")
+                        help="slices per step, a multiple of 4 (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -34,12 +38,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for message in error.failed.values():
             print(f"  {message}", file=sys.stderr)
         return 1
-    except (ConfigError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
     for path in written:
         print(path)
     return 0

@@ -457,10 +457,6 @@ def synthetic_set_is_written(out_dir: str | os.PathLike, *, full: bool = False, 
     return True
 
 
-#: The old name, still imported by sammed_fast.cli.synthetic (drop it once that uses the new one).
-is_complete = synthetic_set_is_written
-
-
 def write_synthetic(out_dir: str | os.PathLike, *, full: bool = False, seed: int = 0,
                     cases_per_domain: int | None = None, domains=None, previews: bool = True,
                     progress: bool = True) -> Path:

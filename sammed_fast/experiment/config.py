@@ -1,13 +1,16 @@
 """TrainConfig: every setting of one run of the main job, checked on construction.
 
-The CLI (``python -m sammed_fast.train``) parses arguments into a TrainConfig and calls
-``sammed_fast.train.train(config)``; Python users build the same object. Fields left at None get
+The command ``sammed-fast train`` parses arguments into a TrainConfig and calls
+``sammed_fast.experiment.jobs.train(config)``; Python users build the same object. The fields
+declared with :func:`sammed_fast.options.option` are that command's options: their help, group and
+choices are stated here, next to their defaults. Fields left at None get
 defaults that depend on other fields (see :meth:`TrainConfig.resolved`), e.g. the epochs differ
 between the built-in synthetic set and real data.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -19,7 +22,9 @@ from sammed_fast.errors import ConfigError
 from sammed_fast.experiment.devices import resolve_device
 from sammed_fast.method.prompts import EMPTY_BOX_POLICIES, PROMPT_KINDS, BoxPrompter
 from sammed_fast.data.prostate import DOMAINS
+from sammed_fast.models import SEGMENTERS
 from sammed_fast.models.tiled_sam import PRECISIONS
+from sammed_fast.options import option
 
 __all__ = ["ConfigError", "TrainConfig", "STAGES", "SYNTHETIC_EPOCHS", "REAL_EPOCHS", "SAM_CHOICES"]
 
@@ -28,6 +33,8 @@ __all__ = ["ConfigError", "TrainConfig", "STAGES", "SYNTHETIC_EPOCHS", "REAL_EPO
 STAGES = ("segmenter", "predict", "boxes", "decoder", "evaluate")
 SAM_CHOICES = ("compact", "vit_b", "vit_l", "vit_h")
 SAM_SCALINGS = ("sam", "medsam")
+#: Where the frozen encoder's embeddings are kept: the run folder (reused on resume) or memory.
+EMBEDDING_CACHES = ("disk", "memory")
 #: (segmenter epochs, decoder epochs) for the built-in synthetic set: sized so that the whole
 #: default run, first compact-SAM pretraining included, stays within 15 minutes on 2 CPU cores.
 SYNTHETIC_EPOCHS = (60, 40)
@@ -44,6 +51,13 @@ DEFAULT_TILE = {"compact": 64, "vit_b": 512, "vit_l": 512, "vit_h": 512}
 #: floating-point rounding).
 RESUMABLE_CHANGES = ("resume", "progress", "device", "stop_after", "threads", "out", "embedding_cache",
                      "all_sources", "figure_slices", "compile", "seeds")
+
+
+_data_option = functools.partial(option, group="data")
+_segmenter_option = functools.partial(option, group="stage 1: segmenter")
+_box_option = functools.partial(option, group="stage 2: boxes")
+_sam_option = functools.partial(option, group="stages 3-4: SAM")
+_run_option = functools.partial(option, group="run")
 
 
 def filter_downscale(tile_size: int, cells: int) -> int:
@@ -70,55 +84,100 @@ class TrainConfig:
     """One run: data, the two models, the schedule, and where the run folder goes.
 
     Units: tile_size in pixels (slices are resized to tile_size x tile_size; the 2x2 SAM canvas is
-    2 x tile_size); box_jitter in pixels of the tile; thresholds are probabilities.
+    2 x tile_size); box_jitter in pixels of the tile; thresholds are probabilities. Fields without
+    an option (theta2_sweep, figure_slices) are not on the command line.
     """
 
-    # data
-    data: Path | None = None  # root of the six-site release; None -> the built-in synthetic set
-    source: str = "A"
-    targets: tuple[str, ...] | None = None  # None -> every other domain
-    all_sources: bool = False  # six runs (one per source) and their average: the paper's Table 1
-    synthetic_cases: int | None = None  # test/debug knob: cases per domain of a smaller synthetic set
-    cache_dir: Path | None = None  # None -> $SAMMED_FAST_CACHE or ~/.cache/sammed_fast
-    tile_size: int | None = None  # None -> 64 for the compact SAM, 512 for vit_*
-    # stage 1: segmenter
-    segmenter: str | None = None  # None -> deeplabv3_resnet50 (the paper's) on CUDA, resnet18_lite on CPU
-    segmenter_weights: Path | None = None
-    segmenter_epochs: int | None = None
-    segmenter_batch: int = 8
-    segmenter_lr: float = 1e-3
-    # stage 2: boxes
-    theta1: float = 0.75
-    filter_cells: int = FILTER_CELLS  # the box filter works on at least this many cells per tile side
-    downscale: int | None = None  # None -> tile_size // filter_cells (at least 1); an int overrides it
-    empty_box: str = "skip"  # a slice without a box: "skip" -> empty mask, "full" -> whole-image box
-    # stage 3/4: SAM
-    sam: str = "compact"
-    sam_checkpoint: Path | None = None
-    sam_scaling: str | None = None  # "sam" or "medsam" input scaling (sam.tiled.INPUT_SCALINGS); None -> "sam"
-    compact_pretrain_steps: int | None = None  # None -> the cached pretrained compact SAM; 0 -> random
-    decoder_epochs: int | None = None
-    decoder_batch: int = 16
-    decoder_lr: float = 1e-4
-    decoder_prompts: str = "filtered"  # boxes the decoder is fine-tuned and selected with (Table 3)
-    crossfit_folds: int = 3  # decoder_prompts "crossfit": folds of the source training volumes
-    box_jitter: int = 0  # training only: each box side moves 0..box_jitter px outward
-    box_noise: float = 0.0  # training only: each box side moves by up to this fraction of the box's extent
-    embedding_cache: str = "disk"  # "disk" (run folder, reused on resume) or "memory"
-    precision: str = "bf16"  # the frozen SAM encoder on a GPU: "bf16" autocast or "fp32" (CPU: fp32)
-    compile: bool = False  # SAM's image encoder and per-box decoding under torch.compile (inductor)
-    theta2: float = 0.5
+    data: Path | None = _data_option(
+        None, "root of the six-site prostate release (folders ISBI, ISBI_1.5, I2CVB, UCL, BIDMC, HK); "
+              "default: the built-in synthetic set, written to the cache if missing")
+    source: str = _data_option("A", "source domain letter (A..F)")
+    targets: tuple[str, ...] | None = _data_option(
+        None, "target domain letters, e.g. BCD (default: all others)", parse=str)
+    all_sources: bool = _data_option(False, "one run per source domain and their average (the paper's Table 1)")
+    synthetic_cases: int | None = _data_option(None, "cases per domain of a smaller synthetic set (quick checks)")
+    cache_dir: Path | None = _data_option(
+        None, "cache of the synthetic set and the compact SAM (default $SAMMED_FAST_CACHE or "
+              "~/.cache/sammed_fast)")
+    tile_size: int | None = _data_option(
+        None, "slice side in pixels; the SAM canvas is 2x2 tiles (default "
+              f"{DEFAULT_TILE['compact']} for the compact SAM, {DEFAULT_TILE['vit_b']} for vit_*)")
+    segmenter: str | None = _segmenter_option(
+        None, f"default: {GPU_SEGMENTER} (the paper's) on a GPU, {CPU_SEGMENTER} on the CPU",
+        choices=sorted(SEGMENTERS))
+    segmenter_weights: Path | None = _segmenter_option(None, "local initial weights file")
+    segmenter_epochs: int | None = _segmenter_option(
+        None, f"default: {SYNTHETIC_EPOCHS[0]} on the synthetic set, {REAL_EPOCHS[0]} on real data")
+    segmenter_batch: int = _segmenter_option(8, "slices per training step (per process under torchrun)")
+    segmenter_lr: float = _segmenter_option(1e-3, "learning rate")
+    theta1: float = _box_option(0.75, "coarse-mask threshold")
+    filter_cells: int = _box_option(
+        FILTER_CELLS, "the box filter area-downscales each coarse map to at least this many cells per "
+                      "tile side before its largest component (the paper: 512 px / 4 = 128), so the "
+                      "filter's geometry is the same at every tile size")
+    downscale: int | None = _box_option(
+        None, "explicit area-downscale factor, overriding --filter-cells (1 = exact; default: tile size "
+              f"// filter cells, at least 1: {filter_downscale(512, FILTER_CELLS)} at 512 px, "
+              f"{filter_downscale(64, FILTER_CELLS)} at 64 px)")
+    empty_box: str = _box_option(
+        "skip", "slice without a coarse box: 'skip' -> empty mask, 'full' -> whole-image box",
+        choices=EMPTY_BOX_POLICIES)
+    sam: str = _sam_option(
+        "compact", "'compact' is a small stand-in pretrained on procedural shapes; real conclusions "
+                   "need vit_b/l/h with --sam-checkpoint", choices=SAM_CHOICES)
+    sam_checkpoint: Path | None = _sam_option(None, "SAM state dict (.pth)")
+    sam_scaling: str | None = _sam_option(
+        None, "how slices are scaled for the image encoder: 'sam' (SAM's pixel mean/std; the "
+              "published SAM checkpoints) or 'medsam' (each slice min-max scaled to 0..1; MedSAM's "
+              "vit_b checkpoint). Default sam; a checkpoint named like MedSAM's must say which",
+        choices=SAM_SCALINGS)
+    compact_pretrain_steps: int | None = _sam_option(
+        None, "testing: pretrain the compact SAM for this many steps into the run folder (0 = random "
+              "weights) instead of using the cached one")
+    decoder_epochs: int | None = _sam_option(
+        None, f"default: {SYNTHETIC_EPOCHS[1]} on the synthetic set, {REAL_EPOCHS[1]} on real data")
+    decoder_batch: int = _sam_option(16, "boxes per training step (per process under torchrun)")
+    decoder_lr: float = _sam_option(1e-4, "learning rate")
+    decoder_prompts: str = _sam_option(
+        "filtered", "boxes the decoder is fine-tuned and selected with: 'filtered' is the method; "
+                    "'gt', 'whole', 'unfiltered' give the paper's Table 3 ablation rows; 'crossfit': "
+                    "filtered boxes of the training slices from segmenters that did not train on them "
+                    "(--crossfit-folds), like the boxes met at test time", choices=PROMPT_KINDS)
+    crossfit_folds: int = _sam_option(
+        3, "with --decoder-prompts crossfit: folds of the source training volumes (one extra "
+           "segmenter per fold)")
+    box_jitter: int = _sam_option(0, "training only: move each box side 0..N px outward")
+    box_noise: float = _sam_option(
+        0.0, "training only: move each box side by a random fraction in [-F, F] of the box's extent "
+             "(shift, shrink, grow; SAM was trained with about 0.1)")
+    embedding_cache: str = _sam_option(
+        "disk", "where the frozen encoder's embeddings are kept: the run folder (reused on resume) or "
+                "memory", choices=EMBEDDING_CACHES)
+    precision: str = _sam_option(
+        "bf16", "the frozen SAM image encoder on a GPU: bf16 autocast or fp32 (the CPU always runs fp32)",
+        choices=PRECISIONS)
+    compile: bool = _sam_option(
+        False, "run SAM's image encoder and per-box mask decoding under torch.compile (inductor): "
+               "faster epochs on a GPU after a one-off compile (about 40 s per shape for the compact "
+               "SAM on a 2-core CPU, where it gains little)")
+    theta2: float = _sam_option(0.5, "SAM mask threshold")
     theta2_sweep: tuple[float, ...] = (0.5, 0.75, 0.9)
-    # run
-    out: Path | None = None  # None -> ./runs/sammed_fast_<source> (or _all)
-    resume: bool = False
-    seed: int = 0
-    seeds: tuple[int, ...] | None = None  # one run per seed (out/seed_<n>) and their mean and std
-    device: str = "auto"
-    threads: int = 0  # torch CPU threads; 0 = auto (1 for CPU runs, torch's default for GPU runs)
-    stop_after: str | None = None  # debug/test knob: stop after this stage
+    out: Path | None = _run_option(
+        None, "run folder (default runs/sammed_fast_<source>, or runs/sammed_fast_all)")
+    resume: bool = _run_option(False, "continue the run in --out: finished stages are not redone")
+    seed: int = _run_option(0, "seed of the run")
+    seeds: tuple[int, ...] | None = _run_option(
+        None, "one run per seed (out/seed_<n>) and results.md with the mean and standard deviation of "
+              "every row over the seeds, e.g. --seeds 0 1 2")
+    device: str = _run_option("auto", "auto, cpu or cuda")
+    threads: int = _run_option(
+        0, "torch CPU threads; 0 = auto: 1 when training on the CPU (small models gain little from "
+           "more, and lose badly on a shared machine), torch's default on a GPU")
+    stop_after: str | None = _run_option(None, "stop after this stage", choices=STAGES)
     figure_slices: int = 4
-    progress: bool = True
+    progress: bool = _run_option(
+        True, "no progress bars (they are off anyway when stderr is not a terminal: a redirected run "
+              "logs one line per stage and per epoch instead)")
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -157,7 +216,7 @@ class TrainConfig:
                               "say which input scaling to use, --sam-scaling medsam (or sam)")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.embedding_cache not in ("disk", "memory"):
+        if self.embedding_cache not in EMBEDDING_CACHES:
             raise ConfigError(f"--embedding-cache must be 'disk' or 'memory', got {self.embedding_cache!r}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")

@@ -43,6 +43,7 @@ from sammed_fast.data.procedural import BoxNoise, ShapeBatch, generate, perturb_
 from sammed_fast.method.prompts import ellipse_in_boxes
 from sammed_fast.models.sam_registry import compact_config, sam_from_config
 from sammed_fast.models.tiled_sam import TiledSam
+from sammed_fast.options import option
 
 FORMAT = 3  # bump when the checkpoint/sidecar layout, the architecture or the procedural recipe changes
 WEIGHTS_DIR = Path(__file__).parents[1] / "weights"  # weights shipped with the package
@@ -53,17 +54,17 @@ EVAL_BOX_CHANGE = 0.1  # held-out boxes loosened / shifted by this fraction of t
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
     """Recipe of the compact-SAM pretraining (defaults: the shipped weights, about an hour on one
-    CPU thread)."""
+    CPU thread). The fields declared with an option are options of ``sammed-fast pretrain``."""
 
-    tile_size: int = 64
-    steps: int = 5000
+    tile_size: int = option(64, "slice side in pixels (canvas = 2x)")
+    steps: int = option(5000, "training steps")
     canvases_per_step: int = 4  # 4 tiles each, so 16 boxes per step
-    lr: float = 1e-3
+    lr: float = option(1e-3, "peak learning rate")
     weight_decay: float = 1e-4
-    warmup_steps: int = 200
-    seed: int = 0
+    warmup_steps: int = option(200, "steps of linear learning-rate warm-up (then cosine decay)")
+    seed: int = option(0, "seed of the initial weights and the procedural data")
     heldout_slices: int = 512
-    checkpoint_every: int = 200  # steps between resume checkpoints
+    checkpoint_every: int = option(200, "steps between resume checkpoints (the --out file with suffix .resume.pt)")
     box_noise: BoxNoise = BoxNoise()
     init_sha256: str | None = None  # warm start: sha256 of the compact-SAM weights training starts from
 
@@ -187,10 +188,6 @@ def quick_check(model: TiledSam, *, seed: int) -> dict:
             "heldout": evaluate_heldout(model, slices=QUICK_CHECK_SLICES, seed=seed)}
 
 
-#: The old name, still imported by sammed_fast.cli.pretrain (drop it once that uses sha256_file).
-_sha256 = sha256_file
-
-
 class _Progress:
     """A tqdm bar on a terminal; otherwise one log line per ~5% of the steps on stderr."""
 
@@ -260,7 +257,7 @@ def pretrain_compact_sam(
         saved = load_torch_file(state_path, message="cannot read the resume checkpoint {path} ({reason}); "
                                                      "remove it to start over")
         if saved["config"] != config.to_json():
-            raise ValueError(f"{state_path} was made with another recipe ({saved['config']}); "
+            raise ConfigError(f"{state_path} was made with another recipe ({saved['config']}); "
                              f"remove it or rerun with that recipe")
         sam.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -357,11 +354,11 @@ def _warm_start(sam: torch.nn.Module, init: str | os.PathLike | None, config: Pr
     init = Path(init)
     problems = _problems(init, config.tile_size)
     if problems:
-        raise ValueError(f"--init {init}: not a finished compact SAM for tile size {config.tile_size} "
-                         f"({'; '.join(problems)})")
+        raise ConfigError(f"--init {init}: not a finished compact SAM for tile size {config.tile_size} "
+                          f"({'; '.join(problems)})")
     digest = sha256_file(init)
     if config.init_sha256 is not None and digest != config.init_sha256:
-        raise ValueError(f"--init {init}: sha256 {digest} differs from the recipe's {config.init_sha256}")
+        raise ConfigError(f"--init {init}: sha256 {digest} differs from the recipe's {config.init_sha256}")
     state = load_torch_file(init, message="--init {path}: cannot read it with weights_only=True ({reason})")
     sam.load_state_dict({key: value.float() if value.is_floating_point() else value for key, value in state.items()})
     meta = json.loads(sidecar_path(init).read_text())
