@@ -15,6 +15,7 @@ from typing import Sequence
 from sammed_fast.cli import command
 from sammed_fast.experiment import distributed
 from sammed_fast.experiment.jobs import evaluate
+from sammed_fast.experiment.run_folder import RunPaths
 
 __all__ = ["SUMMARY", "main"]
 
@@ -32,5 +33,5 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m sammed_fast.e
     args = parser.parse_args(argv)
     evaluate(args.run, device=args.device, progress=not args.no_progress and sys.stderr.isatty())
     if distributed.is_main():
-        print((args.run / "results.md").read_text())
+        print(RunPaths(args.run).results_md.read_text())
     return 0

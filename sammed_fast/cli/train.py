@@ -22,6 +22,7 @@ from sammed_fast.cli import command
 from sammed_fast.experiment import distributed
 from sammed_fast.experiment.config import TrainConfig
 from sammed_fast.experiment.jobs import finished, train
+from sammed_fast.experiment.run_folder import RunPaths
 from sammed_fast.options import add_options, option_values
 
 __all__ = ["SUMMARY", "build_parser", "config_from_args", "main"]
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m sammed_fast.t
         return 0
     if finished(config):
         print()
-        print((out / "results.md").read_text())
+        print(RunPaths(out).results_md.read_text())
         print(f"run folder: {out}")
     else:
         print(f"stopped after stage {config.stop_after}; run folder: {out}")

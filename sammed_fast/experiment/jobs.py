@@ -12,7 +12,7 @@ from sammed_fast.experiment.config import STAGES, TrainConfig
 from sammed_fast.experiment.devices import resolve_device
 from sammed_fast.experiment.pipeline import evaluate_run, preflight, run_pipeline
 from sammed_fast.experiment.report import write_all_sources, write_seeds_summary
-from sammed_fast.experiment.run_folder import check_writable_run_folder, mark_run_folder
+from sammed_fast.experiment.run_folder import RunPaths, check_writable_run_folder, mark_run_folder
 
 __all__ = ["train", "evaluate", "finished"]
 
@@ -52,7 +52,7 @@ def _train_seeds(config: TrainConfig) -> Path:
     for seed, run in runs.items():
         path = run_pipeline(run)
         if finished(config):
-            per_seed[seed] = json.loads((path / "results.json").read_text())
+            per_seed[seed] = json.loads(RunPaths(path).results_json.read_text())
     if per_seed and distributed.is_main():
         write_seeds_summary(out, per_seed)
     return out
@@ -69,7 +69,7 @@ def _train_all_sources(config: TrainConfig) -> Path:
         path = run_pipeline(config.for_source(source, out / f"source_{source}"))
         if not finished(config):
             continue
-        per_source[source] = json.loads((path / "results.json").read_text())
+        per_source[source] = json.loads(RunPaths(path).results_json.read_text())
     if len(per_source) == len(sources) and distributed.is_main():
         write_all_sources(out, per_source)
     return out

@@ -81,7 +81,7 @@ def _evaluate(run: RunFolder, data: RunData, config: TrainConfig, method: RunMet
     result = evaluate_run_data(run=run, data=data, config=config, predictor=predictor,
                                cache=method.embeddings(data), extra={"selection": _selection(run)})
     if run.writes:
-        write_results(run.path, result.results, result.cases)
+        write_results(run.paths, result.results, result.cases)
         write_figure(run.paths.figure, result.samples)
     for row, entry in result.results["rows"].items():
         run.scalar(f"results/{row}_dice3d_target_mean", entry["dice3d"]["target_mean"], 0)

@@ -12,6 +12,7 @@ import statistics
 from pathlib import Path
 
 from sammed_fast.atomic import write_text_atomic
+from sammed_fast.experiment.run_folder import RunPaths
 
 __all__ = ["results_table", "write_results", "all_sources_table", "write_all_sources", "seeds_summary",
            "write_seeds_summary"]
@@ -97,17 +98,16 @@ def results_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_results(run_path: Path, results: dict, cases: list[dict]) -> list[str]:
-    """Writes results.json, results.md and cases.csv; returns their names."""
-    write_text_atomic(run_path / "results.json", json.dumps(results, indent=2) + "\n")
-    write_text_atomic(run_path / "results.md", results_markdown(results))
+def write_results(paths: RunPaths, results: dict, cases: list[dict]) -> None:
+    """Writes a run's results.json, results.md and cases.csv."""
+    write_text_atomic(paths.results_json, json.dumps(results, indent=2) + "\n")
+    write_text_atomic(paths.results_md, results_markdown(results))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CASE_FIELDS, lineterminator="\n")
     writer.writeheader()
     for case in cases:
         writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in case.items()})
-    write_text_atomic(run_path / "cases.csv", buffer.getvalue())
-    return ["results.json", "results.md", "cases.csv"]
+    write_text_atomic(paths.cases_csv, buffer.getvalue())
 
 
 def all_sources_table(per_source: dict[str, dict], metric: str = "dice3d") -> str:
