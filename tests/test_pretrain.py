@@ -256,3 +256,27 @@ def test_evaluation_uses_exact_given_boxes(monkeypatch, one_thread):
     assert sets["loosened"][0].tolist() == [3.0, 3.5, 14.0, 8.5]
     assert sets["shifted"].tolist() == [[5.0, 4.5, 14.0, 8.5], [3.0, 4.5, 12.0, 8.5],
                                         [5.0, 3.5, 14.0, 7.5], [3.0, 3.5, 12.0, 7.5]]
+
+
+def test_a_warm_start_begins_at_the_init_weights_and_records_them(tmp_path, monkeypatch, one_thread):
+    """--init: training starts from the given finished weights (with no step, the output equals
+    them), the sidecar records the init file and its recipe, and a recipe naming other weights or a
+    file its sidecar does not vouch for is refused."""
+    first = tmp_path / "first.pth"
+    pretrain.pretrain_compact_sam(config=TINY, out=first, progress=False)
+    digest = hashlib.sha256(first.read_bytes()).hexdigest()
+    warm = dataclasses.replace(TINY, steps=0, seed=1, init_sha256=digest)
+    second = tmp_path / "second.pth"
+    pretrain.pretrain_compact_sam(config=warm, out=second, progress=False, init=first)
+    start, again = (torch.load(p, weights_only=True) for p in (first, second))
+    assert all(torch.equal(start[k], again[k]) for k in start)
+    meta = json.loads(pretrain.sidecar_path(second).read_text())
+    assert meta["init"]["sha256"] == digest and meta["init"]["pretrain_config"] == TINY.to_json()
+    assert meta["pretrain_config"]["init_sha256"] == digest
+    assert "init_sha256" not in TINY.to_json()  # from-scratch recipes read as before warm starts
+    with pytest.raises(ValueError, match="differs from the recipe"):
+        pretrain.pretrain_compact_sam(config=dataclasses.replace(warm, init_sha256="0" * 64), out=second,
+                                      progress=False, init=first)
+    first.write_bytes(first.read_bytes() + b"tampered")
+    with pytest.raises(ValueError, match="not a finished compact SAM"):
+        pretrain.pretrain_compact_sam(config=warm, out=second, progress=False, init=first)
