@@ -2,7 +2,7 @@
 get no box or a box where there is nothing to find.
 
 For one prompt kind and one split (boxes in the tile frame, xyxy with inclusive max; an empty box is
-flagged, see engine.boxes_stage), over the slices whose label has foreground ("prostate slices"):
+flagged, see method.prompts), over the slices whose label has foreground ("prostate slices"):
 
 - ``iou``: mean IoU of the kind's box with the ground-truth box, over prostate slices with a box;
 - ``area_ratio``: mean of box area / ground-truth box area over the same slices (1 = same size;

@@ -14,7 +14,7 @@ Rows (what each slice's mask comes from):
 Dice per 3D volume is the primary number (mean per domain, then over the target domains); per-slice
 Dice (pooled over the domain's slices where truth or prediction has prostate) stands beside it. The method is also scored at every theta2
 of the sweep. No randomness: boxes are never jittered here. ``results["boxes"]`` holds the box
-diagnostics of every split (engine.box_diagnostics).
+diagnostics of every split (experiment.box_diagnostics).
 """
 from __future__ import annotations
 

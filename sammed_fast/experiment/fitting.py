@@ -3,7 +3,7 @@
 After every epoch the loop writes ``<name>_latest.pt`` (weights, optimiser, epoch, best so far,
 history) and, when the validation score improves, ``<name>_best.pt``; both atomically. With
 ``resume`` it continues after the last finished epoch. Epochs draw their randomness from
-per-epoch generators (see engine.determinism), so a resumed fit equals an uninterrupted one.
+per-epoch generators (see experiment.seeding), so a resumed fit equals an uninterrupted one.
 
 Under torchrun every rank runs the loop: the epoch loss is the mean over the ranks, rank 0's
 BatchNorm statistics are copied to the others before validation, rank 0's validation score decides

@@ -1,12 +1,12 @@
 """One run of the main job, stage by stage, resumable; and the re-evaluation of a finished run.
 
-Stages (engine.config.STAGES): segmenter -> predict -> boxes -> decoder -> evaluate. With
+Stages (experiment.config.STAGES): segmenter -> predict -> boxes -> decoder -> evaluate. With
 --resume a stage whose state says finished (and whose outputs exist) is skipped; the first stage
 that runs may continue an interrupted fit from its latest checkpoint, and every stage after it is
 redone, because its inputs may have changed.
 
 Under torchrun (WORLD_SIZE > 1) every rank runs the same stages in one process group (see
-engine.distributed): training, segmenter predictions, SAM embeddings and evaluation are shared
+experiment.distributed): training, segmenter predictions, SAM embeddings and evaluation are shared
 between the ranks; rank 0 alone writes the run folder, derives the boxes, and (when missing)
 writes the synthetic set and the compact SAM, while the others wait.
 """
