@@ -17,7 +17,6 @@ from conftest import DEVICES, DISPATCH_KEYS, OP_NAMES, missing_kernel
 from sammed_fast import ops as public
 from sammed_fast.ops import reference
 
-ROOT = Path(__file__).resolve().parents[1]
 INFO_TYPES = {"compiled": bool, "cpu": bool, "cuda": bool, "cuda_archs": str}
 
 
@@ -129,8 +128,11 @@ FALLBACK_SCRIPT = textwrap.dedent(
 
 
 def import_and_call_ops_in_a_child(mode: str) -> dict:
+    """Runs FALLBACK_SCRIPT in a fresh interpreter that imports the very sammed_fast this test
+    process imported (the installed package in CI, the source tree in a development checkout)."""
     child = subprocess.run(
-        [sys.executable, "-c", FALLBACK_SCRIPT, mode], cwd=ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", FALLBACK_SCRIPT, mode], cwd=Path(sammed_fast.__file__).resolve().parents[1],
+        capture_output=True, text=True, timeout=300
     )
     assert child.returncode == 0, child.stderr[-3000:]
     return json.loads(child.stdout.strip().splitlines()[-1])
