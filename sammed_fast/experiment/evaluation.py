@@ -156,6 +156,14 @@ def _summary(scores: dict[str, list[CaseScore]], source: str,
     return summary
 
 
+def _data_entries(config: TrainConfig) -> dict:
+    """For a dataset description: where the data came from, its form and its label table (the
+    six-site release and the synthetic set are always prostate=*; their results carry none)."""
+    if config.dataset is None:
+        return {}
+    return {"data": str(config.data), "data_form": config.data_form, "labels": config.label_table.spec()}
+
+
 def evaluate_run_data(*, run: RunFolder, data: RunData, config: TrainConfig, predictor: Predictor,
                       cache: EmbeddingCache, extra: dict | None = None) -> EvaluationResult:
     """Scores every row on every evaluation split; returns results.json content, CSV rows and the
@@ -192,6 +200,7 @@ def evaluate_run_data(*, run: RunFolder, data: RunData, config: TrainConfig, pre
         "empty_box": config.empty_box, "decoder_prompts": config.decoder_prompts,
         "training_box_noise": config.box_noise, "training_box_jitter": config.box_jitter,
         "notes": config.notes(),
+        **_data_entries(config),
         "tile_size": config.tile_size, "sam": config.sam, "sam_scaling": config.sam_scaling,
         "segmenter": config.segmenter, "seed": config.seed,
         "mosaic_metric": "dice_mosaic: the paper's own 2D metric, Dice over each 2x2 mosaic of "

@@ -1,0 +1,127 @@
+"""Runs on a dataset description (``--data`` a manifest or an nnU-Net folder): domain names for
+--source/--targets, --labels, validation in preflight before any training, and a tiny run end to
+end whose tables use the domain names and record the data form and label table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sammed_fast.cli.evaluate import main as evaluate_main
+from sammed_fast.cli.train import build_parser, config_from_args, main as train_main
+from sammed_fast.data.synthetic_manifest import write_synthetic_multilabel
+from sammed_fast.errors import ConfigError
+from sammed_fast.experiment.config import TrainConfig
+from sammed_fast.experiment.jobs import train
+from sammed_fast.experiment.pipeline import preflight
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    return write_synthetic_multilabel(tmp_path_factory.mktemp("multilabel"), cases_per_domain=4, seed=0)
+
+
+def tiny(manifest: Path, out: Path, **changes) -> TrainConfig:
+    base = dict(data=manifest, source="siteA", targets="siteB siteC", tile_size=32, theta1=0.5,
+                segmenter_epochs=2, decoder_epochs=2, compact_pretrain_steps=0, empty_box="full",
+                figure_slices=1, out=out, progress=False, device="cpu", threads=1)
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+# --------------------------------------------------------------------------- the config
+def test_domains_are_the_description_names(manifest, tmp_path):
+    config = tiny(manifest, tmp_path / "run", targets=None).resolved()
+    assert config.data_form == "json" and config.domains == ("siteA", "siteB", "siteC")
+    assert config.targets == ("siteB", "siteC") and config.label_table.spec() == "inner=1,outer=2"
+    stored = config.to_json()
+    assert stored["data_form"] == "json" and stored["label_table"] == {"inner": 1, "outer": 2}
+    assert "labels" not in stored  # given only when --labels is
+    assert TrainConfig.from_json(stored) == config
+    args = build_parser().parse_args(["--data", str(manifest), "--source", "siteA",
+                                      "--targets", "siteC", "siteB"])
+    assert config_from_args(args).targets == ("siteC", "siteB")
+    assert tiny(manifest, tmp_path, targets="siteC,siteB").targets == ("siteC", "siteB")
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(source="siteX"), "--source: unknown domain(s) ['siteX']"),
+    (dict(source=None), "--source: give the source domain, one of siteA, siteB, siteC"),
+    (dict(source="A"), "--source: unknown domain(s) ['A']"),
+    (dict(targets="siteA"), "--targets: siteA is the source domain"),
+    (dict(targets="siteB siteB"), "--targets: domains repeat"),
+    (dict(labels="inner"), "--labels: 'inner' is not name=value"),
+])
+def test_bad_domain_names_and_labels_are_refused(manifest, tmp_path, changes, message):
+    with pytest.raises(ConfigError) as error:
+        tiny(manifest, tmp_path / "run", **changes)
+    assert message in str(error.value)
+
+
+def test_labels_apply_to_descriptions_only(tmp_path):
+    with pytest.raises(ConfigError, match="--labels applies to a dataset description"):
+        TrainConfig(labels="prostate=*")
+    release = tmp_path / "release"
+    release.mkdir()
+    with pytest.raises(ConfigError, match="six-site release is read as prostate=\\*"):
+        TrainConfig(data=release, labels="prostate=*")
+    preset = TrainConfig(data=release)
+    assert preset.data_form == "six-site" and preset.label_table.spec() == "prostate=*"
+    assert "labels" not in preset.to_json() and "data_form" not in preset.to_json()
+    assert TrainConfig().data_form == "synthetic" and TrainConfig().source == "A"
+
+
+def test_labels_override_the_description_table(manifest, tmp_path):
+    config = tiny(manifest, tmp_path / "run", labels="zones=1+2")
+    assert config.label_table.names == ("zones",) and config.to_json()["labels"] == "zones=1+2"
+    assert not any("union" in note for note in config.notes())
+
+
+def test_a_domain_named_like_a_split_is_refused(tmp_path):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"labels": "a=1", "cases": [
+        {"case_id": "c1", "image": "c1.nii.gz", "label": "c1_seg.nii.gz", "domain": "siteA"},
+        {"case_id": "c2", "image": "c2.nii.gz", "label": "c2_seg.nii.gz", "domain": "test"}]}))
+    with pytest.raises(ConfigError, match="domain 'test' cannot name a run's split"):
+        TrainConfig(data=manifest, source="siteA")
+
+
+def test_preflight_reports_every_manifest_problem_before_training(manifest, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    path = write_synthetic_multilabel(broken, cases_per_domain=4, seed=0)
+    document = json.loads(path.read_text())
+    missing = broken / document["cases"][5]["label"]
+    missing.unlink()
+    unreadable = broken / document["cases"][9]["image"]
+    unreadable.write_bytes(b"not a nifti file")
+    with pytest.raises(ConfigError) as error:
+        preflight(tiny(path, tmp_path / "run"))
+    assert str(missing) in str(error.value) and str(unreadable) in str(error.value)
+    code = train_main(["--data", str(path), "--source", "siteA", "--tile-size", "32",
+                       "--out", str(tmp_path / "run"), "--no-progress", "--compact-pretrain-steps", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(missing) in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused before the run folder
+
+
+# --------------------------------------------------------------------------- end to end
+def test_a_run_on_a_description_uses_its_domain_names(manifest, tmp_path, capsys):
+    path = train(tiny(manifest, tmp_path / "run"))
+    results = json.loads((path / "results.json").read_text())
+    assert results["source"] == "siteA" and results["columns"] == ["siteA", "siteB", "siteC"]
+    assert results["data"] == str(manifest) and results["data_form"] == "json"
+    assert results["labels"] == "inner=1,outer=2"
+    for entry in results["rows"].values():
+        assert set(entry["dice3d"]) == {"siteA", "siteB", "siteC", "target_mean"}
+    markdown = (path / "results.md").read_text()
+    assert "| siteA (source test) | siteB | siteC | target avg |" in markdown
+    assert "structures inner=1,outer=2" in markdown
+    stored = json.loads((path / "config.json").read_text())
+    assert stored["data_form"] == "json" and stored["source"] == "siteA"
+    assert {p.name for p in (path / "predictions").iterdir()} == {
+        "train.pt", "val.pt", "test.pt", "siteB.pt", "siteC.pt"}
+    before = (path / "results.json").read_bytes()
+    assert evaluate_main(["--run", str(path), "--device", "cpu", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert (path / "results.json").read_bytes() == before
