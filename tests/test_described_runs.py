@@ -1,20 +1,29 @@
 """Runs on a dataset description (``--data`` a manifest or an nnU-Net folder): domain names for
 --source/--targets, --labels, validation in preflight before any training, and a tiny run end to
-end whose tables use the domain names and record the data form and label table."""
+end whose tables use the domain names and record the data form and label table. Several
+structures: one segmenter channel, label channel and box row per structure, per-structure Dice
+(equal to MONAI's DiceMetric) and its average."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from sammed_fast.cli.evaluate import main as evaluate_main
 from sammed_fast.cli.train import build_parser, config_from_args, main as train_main
+from sammed_fast.data.manifest import describe_dataset
+from sammed_fast.data.slices import SliceDataset
 from sammed_fast.data.synthetic_manifest import write_synthetic_multilabel
 from sammed_fast.errors import ConfigError
 from sammed_fast.experiment.config import TrainConfig
 from sammed_fast.experiment.jobs import train
 from sammed_fast.experiment.pipeline import preflight
+from sammed_fast.experiment.run_data import Split
+from sammed_fast.experiment.scoring import score_split
+from sammed_fast.method.prompts import BoxPrompter
+from sammed_fast.models import build_segmenter
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +115,13 @@ def test_preflight_reports_every_manifest_problem_before_training(manifest, tmp_
 
 
 # --------------------------------------------------------------------------- end to end
-def test_a_run_on_a_description_uses_its_domain_names(manifest, tmp_path, capsys):
-    path = train(tiny(manifest, tmp_path / "run"))
+@pytest.fixture(scope="module")
+def described_run(manifest, tmp_path_factory) -> Path:
+    return train(tiny(manifest, tmp_path_factory.mktemp("runs") / "run"))
+
+
+def test_a_run_on_a_description_uses_its_domain_names(manifest, described_run, capsys):
+    path = described_run
     results = json.loads((path / "results.json").read_text())
     assert results["source"] == "siteA" and results["columns"] == ["siteA", "siteB", "siteC"]
     assert results["data"] == str(manifest) and results["data_form"] == "json"
@@ -125,3 +139,65 @@ def test_a_run_on_a_description_uses_its_domain_names(manifest, tmp_path, capsys
     assert evaluate_main(["--run", str(path), "--device", "cpu", "--no-progress"]) == 0
     capsys.readouterr()
     assert (path / "results.json").read_bytes() == before
+
+
+# --------------------------------------------------------------------------- several structures
+def test_segmenter_dataset_and_boxes_have_one_channel_or_row_per_structure(manifest):
+    volumes = describe_dataset(manifest).read("siteA")
+    slices = SliceDataset(volumes, tile_size=32)
+    assert slices.structures == 2 and slices.labels.shape[1:] == (2, 32, 32)
+    at_size = SliceDataset(volumes, tile_size=64)  # siteA is 64 x 64: no resizing
+    first = volumes[0]
+    assert torch.equal(at_size.labels[:first.num_slices],
+                       torch.from_numpy(first.masks()).transpose(0, 1).to(torch.uint8))
+    model = build_segmenter("resnet18_lite", structures=2)
+    assert model(slices.images[:3]).shape == (3, 2, 32, 32)
+    prompter = BoxPrompter(theta1=0.5, downscale=1, empty_box="skip")
+    labels = slices.labels.float()
+    boxes = prompter.boxes(labels, slices.labels)
+    assert boxes["filtered"].shape == (2 * len(slices), 4)
+    for c in range(2):  # row i*C+c: slice i, structure c
+        alone = prompter.boxes(labels[:, c], slices.labels[:, c:c + 1])
+        for kind in ("filtered", "gt", "filtered_empty", "gt_empty"):
+            assert torch.equal(boxes[kind][c::2], alone[kind]), kind
+
+
+def test_per_structure_dice_equals_monai(manifest):
+    """The evaluation's per-structure Dice per volume equals MONAI's DiceMetric (per class, with
+    the background channel counted as a class) on the same masks."""
+    from monai.metrics import DiceMetric
+
+    volumes = describe_dataset(manifest).read("siteA")
+    split = Split(name="test", domain="siteA", volumes=volumes,
+                  slices=SliceDataset(volumes, tile_size=64))  # the volumes' own size
+    generator = torch.Generator().manual_seed(0)
+    truth = split.slices.labels.bool()
+    flips = (torch.rand(truth.shape, generator=generator) < 0.1) & truth  # misses inside each structure
+    predicted = (truth ^ flips).float()
+    (scores,) = score_split(split, predicted, thresholds=[0.5], mode="nearest").values()
+    metric = DiceMetric(include_background=True, reduction="none")
+    row = 0
+    for volume, score in zip(volumes, scores):
+        rows = slice(row, row + volume.num_slices)
+        row += volume.num_slices
+        pred = predicted[rows].transpose(0, 1)[None]  # (1, C, S, H, W)
+        label = torch.from_numpy(volume.masks()).float()[None]
+        expected = metric(y_pred=pred, y=label)[0]
+        ours = torch.tensor([s.dice3d for s in score.structures], dtype=expected.dtype)
+        assert torch.allclose(ours, expected, atol=1e-6), (volume.case_id, ours, expected)
+        assert score.dice3d == sum(s.dice3d for s in score.structures) / 2
+
+
+def test_a_multi_structure_run_reports_each_structure(described_run):
+    path = described_run
+    results = json.loads((path / "results.json").read_text())
+    for entry in results["rows"].values():
+        structures = entry["structures"]
+        assert list(structures) == ["inner", "outer"]
+        for domain in ("siteA", "siteB", "siteC", "target_mean"):
+            mean = (structures["inner"]["dice3d"][domain] + structures["outer"]["dice3d"][domain]) / 2
+            assert entry["dice3d"][domain] == pytest.approx(mean, abs=1e-12)
+    assert "of each structure" in (path / "results.md").read_text()
+    stored = torch.load(path / "predictions" / "siteB.pt")
+    assert stored["probs"].shape[1] == 2 and len(torch.load(path / "boxes" / "siteB.pt")["filtered"]) \
+        == 2 * len(stored["keys"])

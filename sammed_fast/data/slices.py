@@ -10,13 +10,27 @@ from torch.utils.data import Dataset
 
 from sammed_fast.data.prostate import Volume
 
-__all__ = ["SliceDataset", "VolumeAssembler", "resize_images", "resize_labels"]
+__all__ = ["SliceDataset", "VolumeAssembler", "resize_images", "resize_labels", "structure_count",
+           "structure_masks"]
 
 
 def _check_tile(tile_size) -> int:
     if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) or tile_size < 1:
         raise ValueError(f"tile_size must be a positive int, got {tile_size!r}")
     return int(tile_size)
+
+
+def structure_count(volume: Volume) -> int:
+    """C, the structures of a volume: its label table's (a ``LabelledVolume``), else 1."""
+    labels = getattr(volume, "labels", None)
+    return 1 if labels is None else len(labels)
+
+
+def structure_masks(volume: Volume) -> np.ndarray:
+    """uint8 (C, S, H, W) in {0, 1}: one mask per structure (C = 1: the volume's label)."""
+    if structure_count(volume) == 1:
+        return volume.label[None]
+    return volume.masks().astype(np.uint8)
 
 
 def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -28,7 +42,7 @@ def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N, 1, H, W) masks -> (N, 1, *size), nearest (pixel-centre aligned), same dtype."""
+    """(N, C, H, W) masks -> (N, C, *size), nearest (pixel-centre aligned), same dtype."""
     if tuple(labels.shape[-2:]) == tuple(size):
         return labels
     return F.interpolate(labels.float(), size=size, mode="nearest-exact").to(labels.dtype)
@@ -37,8 +51,8 @@ def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class SliceDataset(Dataset):
     """Every slice (or only prostate slices) of `volumes`, resized to tile_size x tile_size.
 
-    Item: dict(image float32 (1, t, t), label float32 (1, t, t) in {0, 1}, domain str,
-    case_id str, slice_index int). Slices are resized once, at construction; aspect ratio is not
+    Item: dict(image float32 (1, t, t), label float32 (C, t, t) in {0, 1} (C structures: the
+    volumes' label table, 1 for plain volumes), domain str, case_id str, slice_index int). Slices are resized once, at construction; aspect ratio is not
     kept (the common release is square in-plane). `only_foreground` selects slices whose label at
     the original resolution contains prostate.
     """
@@ -49,6 +63,10 @@ class SliceDataset(Dataset):
         if not self.volumes:
             raise ValueError("volumes is empty")
         size = (self.tile_size, self.tile_size)
+        counts = {structure_count(v) for v in self.volumes}
+        if len(counts) != 1:
+            raise ValueError(f"volumes have different numbers of structures {sorted(counts)}")
+        (self.structures,) = counts
         images, labels, keys = [], [], []
         for vol in self.volumes:
             if vol.image.shape != vol.label.shape or vol.image.ndim != 3:
@@ -62,11 +80,15 @@ class SliceDataset(Dataset):
             sel = torch.from_numpy(idx)
             images.append(resize_images(
                 torch.from_numpy(vol.image)[sel].unsqueeze(1).float(), size))
-            labels.append(resize_labels(torch.from_numpy(vol.label)[sel].unsqueeze(1), size))
+            if self.structures == 1:
+                labels.append(resize_labels(torch.from_numpy(vol.label)[sel].unsqueeze(1), size))
+            else:  # (S, C, H, W): slice-major like the images
+                masks = torch.from_numpy(structure_masks(vol)).transpose(0, 1)
+                labels.append(resize_labels(masks[sel], size))
             keys.extend((vol.domain, vol.case_id, int(i)) for i in idx)
         t = self.tile_size
         self.images = torch.cat(images) if images else torch.empty(0, 1, t, t)
-        self.labels = torch.cat(labels) if labels else torch.empty(0, 1, t, t, dtype=torch.uint8)
+        self.labels = torch.cat(labels) if labels else torch.empty(0, self.structures, t, t, dtype=torch.uint8)
         self.keys: list[tuple[str, str, int]] = keys
 
     def __len__(self) -> int:

@@ -376,10 +376,6 @@ class TrainConfig:
         if self.data is not None and self.segmenter is not None and self.segmenter != GPU_SEGMENTER:
             notes.append(f"the segmenter is {self.segmenter}, not the paper's {GPU_SEGMENTER} (the "
                          f"default on a CPU; pass --segmenter {GPU_SEGMENTER} to use the paper's)")
-        if len(self.label_table) > 1:
-            notes.append(f"the {len(self.label_table)} structures of the label table "
-                         f"({self.label_table.spec()}) are segmented and scored as their union, one "
-                         "structure")
         return notes
 
     def prompter(self) -> BoxPrompter:

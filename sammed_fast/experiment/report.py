@@ -43,6 +43,17 @@ def results_table(results: dict, metric: str = "dice3d") -> str:
     return _table(header, body)
 
 
+def structures_table(results: dict, metric: str = "dice3d") -> str:
+    """Markdown table of a multi-structure run: one line per row and structure, one column per
+    domain, then the target mean (the rows' own numbers are the mean over the structures)."""
+    source, columns = results["source"], results["columns"]
+    header = ["method", "structure", *(f"{d} (source test)" if d == source else d for d in columns),
+              "target avg"]
+    body = [[entry["label"], name, *(_pct(s[metric][d]) for d in columns), _pct(s[metric]["target_mean"])]
+            for entry in results["rows"].values() for name, s in entry.get("structures", {}).items()]
+    return _table(header, body)
+
+
 def _sweep_table(results: dict) -> str:
     columns = results["columns"]
     header = ["theta2", *columns, "target avg (3D)", "target avg (2D)"]
@@ -93,6 +104,9 @@ def results_markdown(results: dict) -> str:
               "## Dice per 2D slice (%), pooled over each domain's slices where truth or "
               "prediction has prostate", "",
               results_table(results, "dice2d"), "",
+              *(["## Dice per 3D volume (%) of each structure (the tables above average them)", "",
+                 structures_table(results, "dice3d"), ""]
+                if all("structures" in e for e in results["rows"].values()) else []),
               *(["## Dice per 2x2 mosaic (%), the paper's own metric (secondary; not comparable "
                  "to the 3D Dice)", "", results_table(results, "dice_mosaic"), ""]
                 if all("dice_mosaic" in e for e in results["rows"].values()) else []),
