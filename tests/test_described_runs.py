@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -201,3 +202,26 @@ def test_a_multi_structure_run_reports_each_structure(described_run):
     stored = torch.load(path / "predictions" / "siteB.pt")
     assert stored["probs"].shape[1] == 2 and len(torch.load(path / "boxes" / "siteB.pt")["filtered"]) \
         == 2 * len(stored["keys"])
+
+
+def test_predict_writes_label_maps_for_a_description(manifest, described_run, tmp_path, capsys):
+    """predict --input takes the description (every case's image) and writes one label map per
+    input with the table's values, outer (2) painted over inner (1)."""
+    import nibabel as nib
+
+    from sammed_fast.cli.predict import main as predict_main
+    from sammed_fast.data.labels import LabelTable
+
+    out = tmp_path / "masks"
+    assert predict_main(["--run", str(described_run), "--input", str(manifest), "--output", str(out),
+                         "--device", "cpu", "--no-progress"]) == 0
+    written = capsys.readouterr().out.split()
+    cases = describe_dataset(manifest).cases
+    assert len(written) == len(cases)
+    for case, path in zip(cases, written):
+        label_map = np.asarray(nib.load(path).dataobj)
+        assert label_map.shape == nib.load(case.image).shape
+        assert set(np.unique(label_map)) <= {0, 1, 2}
+    table = LabelTable.parse("inner=1,outer=2")
+    masks = np.array([[[True, False], [True, True]], [[False, False], [True, False]]])
+    assert table.paint(masks).tolist() == [[1, 0], [2, 1]]

@@ -86,7 +86,7 @@ def _tokens(value: Any) -> list[str]:
 def is_description(path: Path) -> bool:
     """Whether ``--data`` names a dataset description (a manifest file, an nnU-Net folder with its
     dataset.json) rather than the six-site release folder."""
-    return path.is_file() or path.suffix.lower() in (".csv", ".json") or (path / "dataset.json").is_file()
+    return path.suffix.lower() in (".csv", ".json") or (path / "dataset.json").is_file()
 
 
 def _names(value: Any, name: str, description: DatasetDescription) -> tuple[str, ...]:
@@ -329,7 +329,7 @@ class TrainConfig:
     def _describe(self) -> DatasetDescription | None:
         """The dataset description ``--data`` names (its manifest read, not its files), or None for
         the six-site release and the synthetic set; ``--labels`` replaces its table."""
-        if self.data is None or not is_description(Path(self.data)):
+        if self.data is None or not (Path(self.data).is_file() or is_description(Path(self.data))):
             if self.labels is not None:
                 raise ConfigError(f"--labels applies to a dataset description (a manifest or an nnU-Net "
                                   f"folder); the {'six-site release' if self.data else 'synthetic set'} "

@@ -2,14 +2,17 @@
 --output PATH``.
 
 PATH is a NIfTI volume or a folder of them (``*.nii`` / ``*.nii.gz``; ``*_segmentation`` labels and
-earlier ``*_mask`` outputs are skipped). Each volume goes through the run's own pipeline: the
+earlier ``*_mask`` outputs are skipped), or a dataset description (a manifest .csv/.json or an
+nnU-Net raw folder, docs/byod.md): the images of all its cases, in its case order. Each volume goes through the run's own pipeline: the
 training normalisation (clip at the 99.5th percentile, z-score), slices resized to the run's tile
 size, the selected segmenter, the box filter (``ops.boxes_from_probs`` with the run's theta1 and
 downscale), the run's SAM with its selected decoder on merged 2x2 canvases, and theta2. Slices of
 consecutive volumes share canvases and batches, in input order, exactly as the run's evaluation
 packs a split, so predicting a split's volumes reproduces its evaluation masks. SAM probabilities
 return to the volume's in-plane size bilinearly and are thresholded there (as the evaluation
-scores them). One uint8 mask per input, with the input's affine and header, appears atomically as
+scores them). A run with several structures writes a label map instead: each structure's mask
+painted with its label value in table order, later structures over earlier ones
+(``LabelTable.paint``). One uint8 mask per input, with the input's affine and header, appears atomically as
 ``<stem>_mask.nii.gz`` in the output folder (or at ``--output`` itself when it names a .nii/.nii.gz
 file and the input is one file); ``--overlays`` adds ``<stem>_overlay.png``. Masks are written in
 each input's own voxel orientation. An output that is one of the inputs, or an existing file that
@@ -35,10 +38,13 @@ from tqdm.auto import tqdm
 
 from sammed_fast.data.prostate import (Volume, canonical_spacing, file_orientation, normalise_intensity,
                                       read_nifti, save_like, to_canonical, to_nifti_order)
+from sammed_fast.data.labels import LabelTable
+from sammed_fast.data.manifest import describe_dataset
 from sammed_fast.data.slices import resize_images
 from sammed_fast.atomic import write_bytes_atomic
 from sammed_fast.errors import ConfigError
 from sammed_fast.files import natural_key
+from sammed_fast.experiment.config import is_description
 from sammed_fast.experiment.devices import resolve_device
 from sammed_fast.experiment.run_method import RunMethod, open_finished_run
 from sammed_fast.method.predictor import Predictor
@@ -71,8 +77,11 @@ def _stem(path: Path) -> str:
 
 def list_inputs(path: str | Path) -> list[Path]:
     """The volumes to predict: ``path`` itself, or the NIfTI files of folder ``path`` in natural
-    name order (Case2 before Case10), without labels (``*_segmentation``) and masks (``*_mask``)."""
+    name order (Case2 before Case10), without labels (``*_segmentation``) and masks (``*_mask``), or
+    the images of every case of the dataset description ``path`` (a manifest or nnU-Net folder)."""
     path = Path(path)
+    if is_description(path):  # labels are not read: any table lists the images
+        return [case.image for case in describe_dataset(path, labels="any=*").cases]
     if path.is_file():
         return [path]
     if not path.is_dir():
@@ -156,7 +165,7 @@ class _Job:
     target: Path
     volume: Volume
     tiles: torch.Tensor  # (S,1,t,t)
-    probs: torch.Tensor  # (S,t,t)
+    probs: torch.Tensor  # (S,t,t), or (S,C,t,t) for C > 1 structures
     filled: int = 0
 
 
@@ -173,11 +182,16 @@ def _write_overlay(path: Path, volume: Volume, mask: np.ndarray) -> None:
     write_bytes_atomic(path, png_bytes(fig, dpi=100))
 
 
-def _finish(job: _Job, theta2: float, overlays: bool) -> None:
+def _finish(job: _Job, theta2: float, overlays: bool, table: LabelTable) -> None:
     """Probabilities at the tile size -> the volume's in-plane size (bilinear) -> mask > theta2 ->
-    NIfTI with the input's affine and header (atomic)."""
+    NIfTI with the input's affine and header (atomic); C > 1 structures: their masks painted into
+    one label map with the table's values."""
     size = tuple(job.volume.image.shape[1:])
-    mask = (resize_images(job.probs.unsqueeze(1), size)[:, 0] > theta2).numpy().astype(np.uint8)
+    if job.probs.ndim == 3:
+        mask = (resize_images(job.probs.unsqueeze(1), size)[:, 0] > theta2).numpy().astype(np.uint8)
+    else:  # (S,C,t,t) -> (C,S,H,W) masks -> label map
+        masks = (resize_images(job.probs, size) > theta2).transpose(0, 1).numpy()
+        mask = table.paint(masks)
     save_like(job.volume, mask, job.target, description=MASK_DESCRIPTION)
     if overlays:
         stem = re.sub(r"_mask$", "", _stem(job.target))
@@ -210,6 +224,8 @@ def predict(*, run: str | Path, inputs: str | Path | Sequence[str | Path], outpu
     check_outputs(files, targets)
     predictor = load_run_predictor(Path(run), device)
     t, theta2 = predictor.sam.tile_size, predictor.theta2
+    table = open_finished_run(Path(run))[1].label_table
+    channels = () if len(table) == 1 else (len(table),)
 
     failed: dict[Path, str] = {}
     written: list[Path] = []
@@ -242,7 +258,7 @@ def predict(*, run: str | Path, inputs: str | Path | Sequence[str | Path], outpu
             job.filled, offset = job.filled + n, offset + n
             if job.filled == len(job.tiles):
                 try:
-                    _finish(job, theta2, overlays)
+                    _finish(job, theta2, overlays, table)
                 except (OSError, ValueError) as error:
                     fail(job.source, error)
                 else:
@@ -262,7 +278,7 @@ def predict(*, run: str | Path, inputs: str | Path | Sequence[str | Path], outpu
             seen.add(target)
             tiles = resize_images(torch.from_numpy(volume.image).unsqueeze(1), (t, t))
             queue.append((_Job(source=source, target=target, volume=volume, tiles=tiles,
-                               probs=torch.zeros(len(tiles), t, t)), 0))
+                               probs=torch.zeros(len(tiles), *channels, t, t)), 0))
             while sum(len(job.tiles) - start for job, start in queue) >= batch:
                 step(batch)
         while queue:
