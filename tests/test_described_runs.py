@@ -5,6 +5,7 @@ structures: one segmenter channel, label channel and box row per structure, per-
 (equal to MONAI's DiceMetric) and its average."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -225,3 +226,47 @@ def test_predict_writes_label_maps_for_a_description(manifest, described_run, tm
     table = LabelTable.parse("inner=1,outer=2")
     masks = np.array([[[True, False], [True, True]], [[False, False], [True, False]]])
     assert table.paint(masks).tolist() == [[1, 0], [2, 1]]
+
+
+# --------------------------------------------------------------------------- 2D images
+def test_rgb_images_stay_rgb_into_the_segmenter_and_sam(tmp_path):
+    from sammed_fast.data.synthetic_manifest import write_synthetic_2d
+    from sammed_fast.models.tiled_sam import scale_to_uint8_range
+    from sammed_fast.ops import merge_tiles
+
+    description = describe_dataset(write_synthetic_2d(tmp_path / "fundus", cases_per_domain=2))
+    volumes = description.read("cam1")
+    slices = SliceDataset(volumes, tile_size=32)
+    assert volumes[0].is_rgb and slices.images.shape == (2, 3, 32, 32) and slices.structures == 2
+    assert build_segmenter("resnet18_lite", structures=2, in_channels=3)(slices.images).shape == (2, 2, 32, 32)
+    with pytest.raises(ValueError, match="slices"):
+        build_segmenter("resnet18_lite")(slices.images)
+    scaled = scale_to_uint8_range(slices.images)  # one min-max over the three channels
+    assert scaled.amin() == 0 and scaled.flatten(1).amax(1).eq(255).all()
+    canvas = merge_tiles(scaled, 2)
+    assert canvas.shape == (1, 3, 64, 64) and not torch.equal(canvas[0, 0], canvas[0, 1])
+    grey = SliceDataset([dataclasses.replace(v, image=v.image.mean(-1)) for v in volumes], tile_size=32)
+    assert grey.images.shape == (2, 1, 32, 32)
+    with pytest.raises(ValueError, match="mix grey and RGB"):
+        SliceDataset([volumes[0], dataclasses.replace(volumes[1], image=volumes[1].image.mean(-1))],
+                     tile_size=32)
+
+
+def test_a_run_on_rgb_images_scores_each_image(tmp_path, capsys):
+    from sammed_fast.data.synthetic_manifest import write_synthetic_2d
+
+    manifest = write_synthetic_2d(tmp_path / "fundus", cases_per_domain=4)
+    config = tiny(manifest, tmp_path / "run", source="cam1", targets="cam2 cam3")
+    assert config.image_channels == 3 and config.label_table.names == ("disc", "cup")
+    path = train(config)
+    results = json.loads((path / "results.json").read_text())
+    assert results["columns"] == ["cam1", "cam2", "cam3"] and results["data_form"] == "csv"
+    method = results["rows"]["sam_filtered"]
+    assert method["cases"] == {"cam1": 1, "cam2": 4, "cam3": 4}  # one image per case, Dice per image
+    assert list(method["structures"]) == ["disc", "cup"]
+    stem = torch.load(path / "checkpoints" / "segmenter_best.pt")["model"]["stem.0.weight"]
+    assert stem.shape[1] == 3
+    before = (path / "results.json").read_bytes()
+    assert evaluate_main(["--run", str(path), "--device", "cpu", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert (path / "results.json").read_bytes() == before

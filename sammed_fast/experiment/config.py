@@ -22,6 +22,7 @@ from sammed_fast.atomic import write_text_atomic
 from sammed_fast.errors import ConfigError
 from sammed_fast.experiment.devices import resolve_device
 from sammed_fast.method.prompts import EMPTY_BOX_POLICIES, PROMPT_KINDS, BoxPrompter
+from sammed_fast.data.images2d import read_image_2d
 from sammed_fast.data.labels import PROSTATE_LABELS, LabelTable
 from sammed_fast.data.manifest import DatasetDescription, describe_dataset
 from sammed_fast.data.prostate import DOMAINS
@@ -357,6 +358,14 @@ class TrainConfig:
     def label_table(self) -> LabelTable:
         """The structures a run segments: the description's table, else prostate=*."""
         return self.dataset.labels if self.dataset is not None else PROSTATE_LABELS
+
+    @functools.cached_property
+    def image_channels(self) -> int:
+        """1 (grey) or 3 (RGB): the channels the segmenter takes. A 2D description's images are RGB
+        when the first image of the source domain is (a run cannot mix both: refused on reading)."""
+        if self.dataset is None or not self.dataset.is_2d:
+            return 1
+        return 3 if read_image_2d(self.dataset.cases_of(self.source)[0].image).ndim == 3 else 1
 
     @property
     def domains(self) -> tuple[str, ...]:

@@ -19,6 +19,8 @@ diagnostics of every split (engine.box_diagnostics).
 from __future__ import annotations
 
 import dataclasses
+
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -129,6 +131,11 @@ def _split_diagnostics(boxes: dict[str, torch.Tensor], *, crossfit: bool) -> dic
     return {kind: box_diagnostics(boxes, kind) for kind in kinds}
 
 
+def _grey(image: np.ndarray) -> np.ndarray:
+    """An (H,W) slice as it is, an (H,W,3) RGB image as the mean of its channels (for the figure)."""
+    return image if image.ndim == 2 else image.mean(-1)
+
+
 def _figure_sample(split: Split, values: dict[str, torch.Tensor], boxes: dict[str, torch.Tensor],
                    config: TrainConfig) -> FigureSample:
     """The slice with the most foreground in the split's first volume, with its filtered and
@@ -148,11 +155,11 @@ def _figure_sample(split: Split, values: dict[str, torch.Tensor], boxes: dict[st
     coarse = mask(values["coarse"], SEGMENTER_THRESHOLD)
     final = mask(values["final"], config.theta2)
     row = split.keys.index((*volume.key, s)) * structures
-    height, width = volume.image.shape[1:]
+    height, width = volume.image.shape[1:3]
     drawn = {kind: _volume_frame_box(boxes[kind][row], bool(boxes[f"{kind}_empty"][row]),
                                      config.tile_size, height, width) for kind in ("filtered", "gt")}
     return FigureSample(domain=volume.domain, case_id=volume.case_id, slice_index=s,
-                        image=torch.from_numpy(volume.image[s]), coarse=coarse, final=final,
+                        image=torch.from_numpy(_grey(volume.image[s])), coarse=coarse, final=final,
                         truth=torch.from_numpy(volume.label[s]).bool(), boxes=drawn)
 
 

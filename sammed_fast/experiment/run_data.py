@@ -105,16 +105,10 @@ def read_domain(config: TrainConfig, root: Path, domain: str, *, progress: bool 
     """The volumes of one domain, from the description or the six-site layout under ``root``."""
     try:
         if config.dataset is not None:
-            volumes = config.dataset.read(domain, progress=progress)
-        else:
-            return load_domain(root, domain, progress=progress)
+            return config.dataset.read(domain, progress=progress)
+        return load_domain(root, domain, progress=progress)
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(f"--data: {error}") from error
-    rgb = [str(v.image_path) for v in volumes if v.image.ndim != 3]
-    if rgb:
-        raise ConfigError(f"--data {config.data}: colour images are not supported by the run yet "
-                          f"(grey images only): {', '.join(rgb)}")
-    return volumes
 
 
 def check_source_labels(train: list[Volume], source: str) -> None:
@@ -141,6 +135,9 @@ def load_run_data(config: TrainConfig, root: Path, *, progress: bool = True) -> 
     splits = {}
     for name, volumes in parts.items():
         domain = config.source if name in SOURCE_SPLITS else name
-        splits[name] = Split(name=name, domain=domain, volumes=volumes,
-                             slices=SliceDataset(volumes, tile_size=config.tile_size))
+        try:
+            slices = SliceDataset(volumes, tile_size=config.tile_size)
+        except ValueError as error:  # grey and RGB images mixed, say
+            raise ConfigError(f"--data {config.data}: split {name}: {error}") from error
+        splits[name] = Split(name=name, domain=domain, volumes=volumes, slices=slices)
     return RunData(source=config.source, targets=tuple(config.target_domains), splits=splits)

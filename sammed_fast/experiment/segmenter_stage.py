@@ -42,7 +42,7 @@ def build_run_segmenter(config: TrainConfig) -> Segmenter:
     """The configured segmenter, from scratch or from ``config.segmenter_weights``."""
     try:
         return build_segmenter(config.segmenter, weights=config.segmenter_weights,
-                               structures=len(config.label_table))
+                               structures=len(config.label_table), in_channels=config.image_channels)
     except (FileNotFoundError, ValueError) as error:
         flag = "--segmenter-weights" if config.segmenter_weights is not None else "--segmenter"
         raise ConfigError(f"{flag}: {error}") from error
@@ -127,7 +127,8 @@ def crossfit_probs(run: RunFolder, data: RunData, config: TrainConfig, device: t
     out = torch.zeros(len(train), *channels, config.tile_size, config.tile_size)
     row_of = {key: row for row, key in enumerate(train.keys)}
     for k, fold in enumerate(folds):
-        model = build_segmenter(config.segmenter, structures=len(config.label_table))
+        model = build_segmenter(config.segmenter, structures=len(config.label_table),
+                                in_channels=config.image_channels)
         run.load_best_weights(fold_name(k), model)
         part = Split(name=f"train_fold{k}", domain=train.domain, volumes=fold,
                      slices=SliceDataset(fold, tile_size=config.tile_size))
@@ -138,7 +139,8 @@ def crossfit_probs(run: RunFolder, data: RunData, config: TrainConfig, device: t
 
 def load_segmenter(run: RunFolder, config: TrainConfig, device: torch.device) -> Segmenter:
     """The selected segmenter of a run (checkpoints/segmenter_best.pt)."""
-    model = build_segmenter(config.segmenter, structures=len(config.label_table))
+    model = build_segmenter(config.segmenter, structures=len(config.label_table),
+                            in_channels=config.image_channels)
     run.load_best_weights("segmenter", model)
     return model.to(device).eval()
 

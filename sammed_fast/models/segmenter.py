@@ -32,15 +32,20 @@ DEFAULT_SEGMENTER = "resnet18_lite"
 
 
 class Segmenter(nn.Module):
-    """Base class: checks the input and maps (B,1,H,W) z-scored slices to logits (B,C,H,W), C =
-    ``structures``."""
+    """Base class: checks the input and maps (B,K,H,W) z-scored slices (K = ``in_channels``: 1
+    grey, 3 RGB) to logits (B,C,H,W), C = ``structures``."""
 
     structures: int = 1
+    in_channels: int = 1
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4 or images.shape[1] != 1:
-            raise ValueError(f"images must be (B,1,H,W) slices, got {tuple(images.shape)}")
+        if images.ndim != 4 or images.shape[1] != self.in_channels:
+            raise ValueError(f"images must be (B,{self.in_channels},H,W) slices, got {tuple(images.shape)}")
         return self.logits(images)
+
+    def as_rgb(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,K,H,W) -> (B,3,H,W) for an ImageNet-shaped encoder: grey repeated, RGB as it is."""
+        return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -81,11 +86,11 @@ class UNetDecoder(nn.Module):
 class ResNet18Lite(Segmenter):
     """ResNet-18 layout at 1/4 width (16..128 channels) with a full-resolution stem; ~0.8M params."""
 
-    def __init__(self, *, width: int = 16, structures: int = 1) -> None:
+    def __init__(self, *, width: int = 16, structures: int = 1, in_channels: int = 1) -> None:
         super().__init__()
-        self.structures = structures
+        self.structures, self.in_channels = structures, in_channels
         widths = [width // 2, width, 2 * width, 4 * width, 8 * width]
-        self.stem = conv_bn_relu(1, widths[0])
+        self.stem = conv_bn_relu(in_channels, widths[0])
         stages = []
         for in_ch, out_ch in zip(widths[:-1], widths[1:]):
             downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=2, bias=False), nn.BatchNorm2d(out_ch))
@@ -103,16 +108,16 @@ class ResNet18Lite(Segmenter):
 class ResNet18UNet(Segmenter):
     """torchvision ResNet-18 encoder (gray repeated to RGB) with the light U-Net decoder."""
 
-    def __init__(self, *, structures: int = 1) -> None:
+    def __init__(self, *, structures: int = 1, in_channels: int = 1) -> None:
         super().__init__()
-        self.structures = structures
+        self.structures, self.in_channels = structures, in_channels
         self.encoder = resnet18(weights=None)
         self.encoder.fc = nn.Identity()  # unused; keeps ImageNet checkpoints' keys loadable
         self.decoder = UNetDecoder(channels=[64, 64, 128, 256, 512], structures=structures)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         e = self.encoder
-        x = e.relu(e.bn1(e.conv1(images.expand(-1, 3, -1, -1))))
+        x = e.relu(e.bn1(e.conv1(self.as_rgb(images))))
         features = [x]
         x = e.maxpool(x)
         for layer in (e.layer1, e.layer2, e.layer3, e.layer4):
@@ -128,14 +133,14 @@ class ResNet18UNet(Segmenter):
 class DeepLabV3ResNet50(Segmenter):
     """torchvision DeepLabV3-ResNet50 (output stride 8), one output channel, gray repeated to RGB."""
 
-    def __init__(self, *, structures: int = 1) -> None:
+    def __init__(self, *, structures: int = 1, in_channels: int = 1) -> None:
         super().__init__()
-        self.structures = structures
+        self.structures, self.in_channels = structures, in_channels
         self.net = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=structures,
                                       aux_loss=False)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images.expand(-1, 3, -1, -1))["out"]
+        return self.net(self.as_rgb(images))["out"]
 
     def foreign_formats(self):
         return [
@@ -199,14 +204,17 @@ def load_segmenter_weights(model: Segmenter, path: str | os.PathLike) -> str:
 
 
 def build_segmenter(name: str = DEFAULT_SEGMENTER, *, weights: str | os.PathLike | None = None,
-                    structures: int = 1) -> Segmenter:
-    """A coarse segmenter by registry name with one output channel per structure, randomly
-    initialised or loaded from a local file."""
+                    structures: int = 1, in_channels: int = 1) -> Segmenter:
+    """A coarse segmenter by registry name with one output channel per structure, taking
+    ``in_channels`` image channels (1 grey, 3 RGB), randomly initialised or loaded from a local
+    file."""
     if name not in SEGMENTERS:
         raise ValueError(f"unknown segmenter {name!r}; choose one of {', '.join(SEGMENTERS)}")
     if isinstance(structures, bool) or not isinstance(structures, int) or structures < 1:
         raise ValueError(f"structures must be a positive int, got {structures!r}")
-    model = SEGMENTERS[name](structures=structures)
+    if in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels!r}")
+    model = SEGMENTERS[name](structures=structures, in_channels=in_channels)
     if weights is not None:
         load_segmenter_weights(model, weights)
     return model
