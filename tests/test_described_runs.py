@@ -15,6 +15,7 @@ import torch
 
 from sammed_fast.cli.evaluate import main as evaluate_main
 from sammed_fast.cli.train import build_parser, config_from_args, main as train_main
+from sammed_fast.data.labels import LabelTable
 from sammed_fast.data.manifest import describe_dataset
 from sammed_fast.data.slices import SliceDataset
 from sammed_fast.data.synthetic_manifest import write_synthetic_multilabel
@@ -211,7 +212,6 @@ def test_predict_writes_label_maps_for_a_description(manifest, described_run, tm
     import nibabel as nib
 
     from sammed_fast.cli.predict import main as predict_main
-    from sammed_fast.data.labels import LabelTable
 
     out = tmp_path / "masks"
     assert predict_main(["--run", str(described_run), "--input", str(manifest), "--output", str(out),
@@ -270,3 +270,92 @@ def test_a_run_on_rgb_images_scores_each_image(tmp_path, capsys):
     assert evaluate_main(["--run", str(path), "--device", "cpu", "--no-progress"]) == 0
     capsys.readouterr()
     assert (path / "results.json").read_bytes() == before
+
+
+# --------------------------------------------------------------------------- boxes from a file
+@pytest.mark.parametrize("size", [20, 32, 56, 64, 72, 100])
+def test_file_boxes_map_to_the_tile_as_the_runs_boxes(size):
+    """A pixel box maps to the box of the same rectangle resized as the run resizes labels."""
+    from sammed_fast.data.slices import resize_labels
+    from sammed_fast.experiment.box_file import pixel_box_to_tile
+    from sammed_fast.method.prompts import mask_boxes
+
+    generator = torch.Generator().manual_seed(size)
+    height, width, tile = size, size + 8, 32
+    for _ in range(50):
+        x0, x1 = sorted(torch.randint(0, width, (2,), generator=generator).tolist())
+        y0, y1 = sorted(torch.randint(0, height, (2,), generator=generator).tolist())
+        rect = torch.zeros(1, 1, height, width, dtype=torch.uint8)
+        rect[..., y0:y1 + 1, x0:x1 + 1] = 1
+        resized = resize_labels(rect, (tile, tile))[:, 0] > 0
+        if not resized.any():  # a box between two samples: the file box still gets a pixel
+            continue
+        expected = mask_boxes(resized)[0][0].tolist()
+        assert list(pixel_box_to_tile((x0, y0, x1, y1), height, width, tile)) == expected
+
+
+def test_predict_takes_boxes_from_a_file(manifest, described_run, tmp_path, capsys):
+    import nibabel as nib
+
+    from sammed_fast.cli.predict import main as predict_main
+    from sammed_fast.data.prostate import file_orientation, read_nifti, to_canonical, to_nifti_order
+    from sammed_fast.data.slices import resize_images
+    from sammed_fast.experiment.box_file import read_box_file, tile_prompts
+    from sammed_fast.experiment.prediction import _read_volume, load_run_predictor
+
+    cases = describe_dataset(manifest).cases_of("siteB")
+    images = [case.image for case in cases]
+    box_file = tmp_path / "boxes.csv"
+    box_file.write_text("image,slice,structure,x0,y0,x1,y1\n"
+                        f"{images[0]},3,outer,10,12,40,44\n"
+                        f"{images[0].name},4,inner,20,20,30,30\n"
+                        f"{images[0]},4,outer,5,5,50,50\n")
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for image in images[:2]:
+        (folder / image.name).symlink_to(image)
+    out = tmp_path / "masks"
+    assert predict_main(["--run", str(described_run), "--input", str(folder), "--output", str(out),
+                         "--boxes", str(box_file), "--batch", "4", "--device", "cpu", "--no-progress"]) == 0
+    written = capsys.readouterr().out.split()
+    assert len(written) == 2
+
+    def as_read(path) -> np.ndarray:  # the label map in the frame the run reads volumes in
+        data, img = read_nifti(Path(path), "mask")
+        return np.asarray(to_nifti_order(to_canonical(data, file_orientation(img, Path(path)))))
+
+    assert not as_read(written[1]).any()  # no box, no mask
+    predictor = load_run_predictor(described_run, "cpu")
+    volume = _read_volume(folder / images[0].name)
+    t = predictor.sam.tile_size
+    tiles = resize_images(torch.from_numpy(volume.image).unsqueeze(1), (t, t))
+    entries = read_box_file(box_file, [folder / images[0].name, folder / images[1].name], ("inner", "outer"))
+    boxes, keep = tile_prompts(entries[folder / images[0].name], slices=len(tiles),
+                               height=volume.image.shape[1], width=volume.image.shape[2], structures=2, tile=t)
+    assert keep.nonzero().flatten().tolist() == [3 * 2 + 1, 4 * 2 + 0, 4 * 2 + 1]
+    probs = predictor.decode(predictor.embed(tiles), boxes, keep, structures=2)
+    masks = (resize_images(probs, volume.image.shape[1:]) > predictor.theta2).transpose(0, 1).numpy()
+    expected = LabelTable.parse("inner=1,outer=2").paint(masks)
+    assert np.array_equal(as_read(written[0]), expected)
+    assert set(np.flatnonzero(expected.reshape(len(expected), -1).any(1))) <= {3, 4}
+    assert nib.load(written[0]).shape == nib.load(images[0]).shape
+
+
+def test_bad_box_files_are_named(described_run, manifest, tmp_path, capsys):
+    from sammed_fast.cli.predict import main as predict_main
+
+    image = describe_dataset(manifest).cases_of("siteB")[0].image
+    for text, message in [
+        ("image,slice,x0,y0,x1,y1\n", "missing column(s) structure"),
+        (f"image,slice,structure,x0,y0,x1,y1\n{image},0,nerve,1,1,2,2\n", "line 2: unknown structure 'nerve'"),
+        ("image,slice,structure,x0,y0,x1,y1\nother.nii.gz,0,inner,1,1,2,2\n", "is none of the inputs"),
+        (f"image,slice,structure,x0,y0,x1,y1\n{image},0,inner,1,1,2.5,2\n", "x1 '2.5' is not a whole pixel"),
+        (f"image,slice,structure,x0,y0,x1,y1\n{image},99,inner,1,1,2,2\n", "slice 99 is outside"),
+        (f"image,slice,structure,x0,y0,x1,y1\n{image},0,inner,1,1,200,2\n", "leaves the"),
+    ]:
+        box_file = tmp_path / "boxes.csv"
+        box_file.write_text(text)
+        code = predict_main(["--run", str(described_run), "--input", str(image), "--output",
+                             str(tmp_path / "out"), "--boxes", str(box_file), "--device", "cpu", "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and str(box_file) in err, (message, err)

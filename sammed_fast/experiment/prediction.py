@@ -19,6 +19,10 @@ each input's own voxel orientation. An output that is one of the inputs, or an e
 is not a mask written by this command (its NIfTI header's descrip says "sammed_fast mask"), is
 refused before any work: a scan is never replaced.
 
+``boxes`` (``--boxes FILE``) takes the box prompts from a CSV instead of the segmenter
+(``experiment.box_file``: ``image,slice,structure,x0,y0,x1,y1``, mapped to the tile frame as the
+run's boxes are); a slice and structure without a box gets an empty mask.
+
 An unreadable input is reported on stderr, naming the file, and the others are still predicted;
 the command then exits with status 1. The CLI parses its arguments and calls :func:`predict`.
 """
@@ -44,6 +48,7 @@ from sammed_fast.data.slices import resize_images
 from sammed_fast.atomic import write_bytes_atomic
 from sammed_fast.errors import ConfigError
 from sammed_fast.files import natural_key
+from sammed_fast.experiment.box_file import read_box_file, tile_prompts
 from sammed_fast.experiment.config import is_description
 from sammed_fast.experiment.devices import resolve_device
 from sammed_fast.experiment.run_method import RunMethod, open_finished_run
@@ -166,6 +171,8 @@ class _Job:
     volume: Volume
     tiles: torch.Tensor  # (S,1,t,t)
     probs: torch.Tensor  # (S,t,t), or (S,C,t,t) for C > 1 structures
+    #: with a box file: (boxes (S*C,4) tile frame, keep (S*C,)), row s*C+c
+    prompts: tuple[torch.Tensor, torch.Tensor] | None = None
     filled: int = 0
 
 
@@ -201,12 +208,13 @@ def _finish(job: _Job, theta2: float, overlays: bool, table: LabelTable) -> None
 # ----------------------------------------------------------------------------- the driver
 def predict(*, run: str | Path, inputs: str | Path | Sequence[str | Path], output: str | Path,
             overlays: bool = False, device: str = "auto", batch: int = DEFAULT_BATCH,
-            progress: bool = True) -> list[Path]:
+            progress: bool = True, boxes: str | Path | None = None) -> list[Path]:
     """Predicts every input volume with run folder ``run``; returns the written mask paths.
 
     inputs: a NIfTI file, a folder of them (see :func:`list_inputs`) or a list of files.
     output: a folder, or a .nii/.nii.gz file name when ``inputs`` is one file.
     batch: slices per step, a positive multiple of 4 (the tiles of a canvas).
+    boxes: a box file (see :mod:`sammed_fast.experiment.box_file`) replacing the segmenter's boxes.
     Raises ConfigError for bad arguments and a missing or incomplete run (before any work), and
     PredictionFailed after the other inputs were written when some inputs could not be read or
     written.
@@ -226,6 +234,7 @@ def predict(*, run: str | Path, inputs: str | Path | Sequence[str | Path], outpu
     t, theta2 = predictor.sam.tile_size, predictor.theta2
     table = open_finished_run(Path(run))[1].label_table
     channels = () if len(table) == 1 else (len(table),)
+    file_boxes = None if boxes is None else read_box_file(boxes, files, table.names)
 
     failed: dict[Path, str] = {}
     written: list[Path] = []
@@ -251,7 +260,15 @@ def predict(*, run: str | Path, inputs: str | Path | Sequence[str | Path], outpu
                 queue.pop(0)
             else:
                 queue[0] = (job, start + n)
-        probs = predictor.predict(torch.cat(parts)).probs
+        images = torch.cat(parts)
+        if file_boxes is None:
+            probs = predictor.predict(images).probs
+        else:  # rows s*C+c of the jobs' own prompts
+            C = len(table)
+            rows = [(job.prompts[0][start * C:(start + n) * C], job.prompts[1][start * C:(start + n) * C])
+                    for job, start, n in owners]
+            probs = predictor.decode(predictor.embed(images), torch.cat([r[0] for r in rows]),
+                                     torch.cat([r[1] for r in rows]), structures=C)
         offset = 0
         for job, start, n in owners:
             job.probs[start:start + n] = probs[offset:offset + n]
@@ -277,8 +294,11 @@ def predict(*, run: str | Path, inputs: str | Path | Sequence[str | Path], outpu
                 continue
             seen.add(target)
             tiles = resize_images(torch.from_numpy(volume.image).unsqueeze(1), (t, t))
+            prompts = None if file_boxes is None else tile_prompts(
+                file_boxes[source], slices=len(tiles), height=volume.image.shape[1],
+                width=volume.image.shape[2], structures=len(table), tile=t)
             queue.append((_Job(source=source, target=target, volume=volume, tiles=tiles,
-                               probs=torch.zeros(len(tiles), *channels, t, t)), 0))
+                               probs=torch.zeros(len(tiles), *channels, t, t), prompts=prompts), 0))
             while sum(len(job.tiles) - start for job, start in queue) >= batch:
                 step(batch)
         while queue:
