@@ -270,6 +270,22 @@ def test_a_run_on_rgb_images_scores_each_image(tmp_path, capsys):
     assert evaluate_main(["--run", str(path), "--device", "cpu", "--no-progress"]) == 0
     capsys.readouterr()
     assert (path / "results.json").read_bytes() == before
+    # predict: one PNG label map per image (disc = 1, cup = 2 painted over it); a rerun replaces
+    # its own masks
+    from PIL import Image
+
+    from sammed_fast.cli.predict import main as predict_main
+
+    for _ in range(2):
+        assert predict_main(["--run", str(path), "--input", str(manifest), "--output", str(tmp_path / "masks"),
+                             "--device", "cpu", "--no-progress"]) == 0
+        written = capsys.readouterr().out.split()
+    cases = describe_dataset(manifest).cases
+    assert [Path(w).name for w in written] == [f"{c.case_id}_mask.png" for c in cases]
+    for case, mask_path in zip(cases, written):
+        label_map = np.asarray(Image.open(mask_path))
+        assert label_map.shape == np.asarray(Image.open(case.image)).shape[:2]
+        assert set(np.unique(label_map)) <= {0, 1, 2}
 
 
 # --------------------------------------------------------------------------- boxes from a file

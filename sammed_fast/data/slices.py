@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from sammed_fast.data.prostate import Volume
 
-__all__ = ["SliceDataset", "VolumeAssembler", "resize_images", "resize_labels", "structure_count",
+__all__ = ["SliceDataset", "VolumeAssembler", "resize_images", "resize_labels", "slice_images", "structure_count",
            "structure_masks"]
 
 
@@ -31,6 +31,12 @@ def structure_masks(volume: Volume) -> np.ndarray:
     if structure_count(volume) == 1:
         return volume.label[None]
     return volume.masks().astype(np.uint8)
+
+
+def slice_images(image: np.ndarray) -> torch.Tensor:
+    """A volume's image as slices: (S,H,W) -> (S,1,H,W), an RGB (S,H,W,3) -> (S,3,H,W); float32."""
+    slices = torch.from_numpy(np.ascontiguousarray(image)).float()
+    return slices.unsqueeze(1) if slices.ndim == 3 else slices.permute(0, 3, 1, 2)
 
 
 def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -82,9 +88,7 @@ class SliceDataset(Dataset):
             if idx.size == 0:
                 continue
             sel = torch.from_numpy(idx)
-            image = torch.from_numpy(vol.image)[sel]  # (S,H,W), or (S,H,W,3) RGB
-            image = image.unsqueeze(1) if image.ndim == 3 else image.permute(0, 3, 1, 2)
-            images.append(resize_images(image.float(), size))
+            images.append(resize_images(slice_images(vol.image)[sel], size))
             if self.structures == 1:
                 labels.append(resize_labels(torch.from_numpy(vol.label)[sel].unsqueeze(1), size))
             else:  # (S, C, H, W): slice-major like the images

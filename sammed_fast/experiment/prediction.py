@@ -3,7 +3,9 @@
 
 PATH is a NIfTI volume or a folder of them (``*.nii`` / ``*.nii.gz``; ``*_segmentation`` labels and
 earlier ``*_mask`` outputs are skipped), or a dataset description (a manifest .csv/.json or an
-nnU-Net raw folder, docs/byod.md): the images of all its cases, in its case order. Each volume goes through the run's own pipeline: the
+nnU-Net raw folder, docs/byod.md): the images of all its cases, in its case order. A 2D image (PNG,
+JPEG, TIFF, BMP; grey or RGB) is a one-slice case normalised as a description's images are; its
+mask is ``<stem>_mask.png``. Each volume goes through the run's own pipeline: the
 training normalisation (clip at the 99.5th percentile, z-score), slices resized to the run's tile
 size, the selected segmenter, the box filter (``ops.boxes_from_probs`` with the run's theta1 and
 downscale), the run's SAM with its selected decoder on merged 2x2 canvases, and theta2. Slices of
@@ -29,6 +31,7 @@ the command then exits with status 1. The CLI parses its arguments and calls :fu
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import re
 import sys
@@ -44,7 +47,8 @@ from sammed_fast.data.prostate import (Volume, canonical_spacing, file_orientati
                                       read_nifti, save_like, to_canonical, to_nifti_order)
 from sammed_fast.data.labels import LabelTable
 from sammed_fast.data.manifest import describe_dataset
-from sammed_fast.data.slices import resize_images
+from sammed_fast.data.images2d import is_2d_path, normalise_image_2d, read_image_2d
+from sammed_fast.data.slices import resize_images, slice_images
 from sammed_fast.atomic import write_bytes_atomic
 from sammed_fast.errors import ConfigError
 from sammed_fast.files import natural_key
@@ -77,7 +81,7 @@ class PredictionFailed(RuntimeError):
 # ----------------------------------------------------------------------------- inputs and outputs
 def _stem(path: Path) -> str:
     match = _NIFTI.match(path.name)
-    return match.group("stem") if match else path.name
+    return match.group("stem") if match else (path.stem if is_2d_path(path) else path.name)
 
 
 def list_inputs(path: str | Path) -> list[Path]:
@@ -106,11 +110,20 @@ def _output_paths(inputs: list[Path], input_is_file: bool, output: Path) -> list
         raise ConfigError(f"--output {output} names a NIfTI file, but --input is a folder: give a folder")
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output} exists and is not a folder")
-    return [output / f"{_stem(p)}_mask.nii.gz" for p in inputs]
+    return [output / f"{_stem(p)}_mask{'.png' if is_2d_path(p) else '.nii.gz'}" for p in inputs]
 
 
 def _is_our_mask(path: Path) -> bool:
-    """Whether the existing file ``path`` is a mask this command wrote (its header says so)."""
+    """Whether the existing file ``path`` is a mask this command wrote (its header, or a PNG's
+    Description text, says so)."""
+    if path.suffix.lower() == ".png":
+        from PIL import Image
+
+        try:
+            with Image.open(path) as image:
+                return image.info.get("Description") == MASK_DESCRIPTION
+        except Exception:  # not an image at all: certainly not ours
+            return False
     try:
         description = bytes(nib.load(str(path)).header["descrip"].item())
     except Exception:  # not NIfTI at all, or unreadable: certainly not ours
@@ -135,7 +148,13 @@ def check_outputs(inputs: list[Path], targets: list[Path]) -> None:
 
 
 def _read_volume(path: Path) -> Volume:
-    """The input as the run saw its training volumes: float32 (S,H,W), normalised. Errors name it."""
+    """The input as the run saw its training volumes: float32 (S,H,W), normalised; a 2D image
+    (1,H,W), or (1,H,W,3) RGB, normalised per channel as a description's images are. Errors name it."""
+    if is_2d_path(path):
+        image = normalise_image_2d(read_image_2d(path), name=str(path))
+        return Volume(domain="", case_id=_stem(path), image=np.ascontiguousarray(image[None]),
+                      label=np.zeros(0, dtype=np.uint8), spacing=(1.0, 1.0, 1.0), affine=np.eye(4),
+                      image_path=path)
     data, img = read_nifti(path, "image")
     orientation = file_orientation(img, path)
     image = normalise_intensity(np.asarray(to_canonical(data, orientation), dtype=np.float32), name=str(path))
@@ -184,22 +203,38 @@ def _write_overlay(path: Path, volume: Volume, mask: np.ndarray) -> None:
     fig = new_figure((3 * len(chosen), 3.2))
     axes = fig.subplots(1, len(chosen), squeeze=False)
     for ax, s in zip(axes[0], chosen):
-        image_panel(ax, volume.image[s], mask[s], title=f"{volume.case_id} slice {s}")
+        image = volume.image[s] if volume.image.ndim == 3 else volume.image[s].mean(-1)  # RGB: grey
+        image_panel(ax, image, mask[s], title=f"{volume.case_id} slice {s}")
     fig.tight_layout()
     write_bytes_atomic(path, png_bytes(fig, dpi=100))
+
+
+def _save_png(mask: np.ndarray, path: Path) -> None:
+    """An (H,W) mask or label map as a grey PNG (16-bit beyond 255) marked as ours (atomic)."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Description", MASK_DESCRIPTION)
+    buffer = io.BytesIO()
+    Image.fromarray(mask if mask.max(initial=0) <= 255 else mask.astype(np.uint16)).save(
+        buffer, format="PNG", pnginfo=info)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _finish(job: _Job, theta2: float, overlays: bool, table: LabelTable) -> None:
     """Probabilities at the tile size -> the volume's in-plane size (bilinear) -> mask > theta2 ->
     NIfTI with the input's affine and header (atomic); C > 1 structures: their masks painted into
     one label map with the table's values."""
-    size = tuple(job.volume.image.shape[1:])
+    size = tuple(job.volume.image.shape[1:3])
     if job.probs.ndim == 3:
         mask = (resize_images(job.probs.unsqueeze(1), size)[:, 0] > theta2).numpy().astype(np.uint8)
     else:  # (S,C,t,t) -> (C,S,H,W) masks -> label map
         masks = (resize_images(job.probs, size) > theta2).transpose(0, 1).numpy()
         mask = table.paint(masks)
-    save_like(job.volume, mask, job.target, description=MASK_DESCRIPTION)
+    if is_2d_path(job.volume.image_path):
+        _save_png(mask[0], job.target)
+    else:
+        save_like(job.volume, mask, job.target, description=MASK_DESCRIPTION)
     if overlays:
         stem = re.sub(r"_mask$", "", _stem(job.target))
         _write_overlay(job.target.with_name(f"{stem}_overlay.png"), job.volume, mask)
@@ -293,7 +328,7 @@ def predict(*, run: str | Path, inputs: str | Path | Sequence[str | Path], outpu
                 fail(source, error)
                 continue
             seen.add(target)
-            tiles = resize_images(torch.from_numpy(volume.image).unsqueeze(1), (t, t))
+            tiles = resize_images(slice_images(volume.image), (t, t))
             prompts = None if file_boxes is None else tile_prompts(
                 file_boxes[source], slices=len(tiles), height=volume.image.shape[1],
                 width=volume.image.shape[2], structures=len(table), tile=t)
