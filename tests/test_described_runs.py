@@ -375,3 +375,22 @@ def test_bad_box_files_are_named(described_run, manifest, tmp_path, capsys):
                              str(tmp_path / "out"), "--boxes", str(box_file), "--device", "cpu", "--no-progress"])
         err = capsys.readouterr().err
         assert code == 2 and message in err and str(box_file) in err, (message, err)
+
+
+def test_an_nnunet_folder_is_a_description_too(manifest, tmp_path):
+    """--data an nnU-Net raw folder: its domains.csv names the domains, dataset.json the table."""
+    folder = tmp_path / "Dataset001_Zones"
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    rows = ["case_id,domain"]
+    for case in describe_dataset(manifest).cases:
+        (folder / "imagesTr" / f"{case.case_id}_0000.nii.gz").symlink_to(case.image)
+        (folder / "labelsTr" / f"{case.case_id}.nii.gz").symlink_to(case.label)
+        rows.append(f"{case.case_id},{case.domain}")
+    (folder / "domains.csv").write_text("\n".join(rows) + "\n")
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MR"}, "labels": {"background": 0, "inner": 1, "outer": 2},
+        "numTraining": len(rows) - 1, "file_ending": ".nii.gz"}))
+    config = preflight(tiny(folder, tmp_path / "run"))
+    assert config.data_form == "nnunet" and config.targets == ("siteB", "siteC")
+    assert config.label_table.spec() == "inner=1,outer=2"
