@@ -10,8 +10,8 @@ from torch.utils.data import Dataset
 
 from sammed_fast.data.prostate import Volume
 
-__all__ = ["SliceDataset", "VolumeAssembler", "resize_images", "resize_labels", "slice_images", "structure_count",
-           "structure_masks"]
+__all__ = ["SliceDataset", "VolumeAssembler", "resize_images", "resize_labels", "slice_images",
+           "structure_count", "structure_masks"]
 
 
 def _check_tile(tile_size) -> int:
@@ -57,8 +57,9 @@ def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class SliceDataset(Dataset):
     """Every slice (or only prostate slices) of `volumes`, resized to tile_size x tile_size.
 
-    Item: dict(image float32 (K, t, t) (K = ``channels``: 1 grey, 3 RGB), label float32 (C, t, t) in {0, 1} (C structures: the
-    volumes' label table, 1 for plain volumes), domain str, case_id str, slice_index int). Slices are resized once, at construction; aspect ratio is not
+    Item: dict(image float32 (K, t, t) (K = ``channels``: 1 grey, 3 RGB), label float32 (C, t, t)
+    in {0, 1} (C = ``structures``: the volumes' label table, 1 for plain volumes), domain str,
+    case_id str, slice_index int). Slices are resized once, at construction; aspect ratio is not
     kept (the common release is square in-plane). `only_foreground` selects slices whose label at
     the original resolution contains prostate.
     """

@@ -179,10 +179,10 @@ def _summary(scores: dict[str, list[CaseScore]], source: str,
         sm = summarise({d: m.tolist() for d, m in mosaics.items()}, source=source, skip_nan=True)
         summary["dice_mosaic"] = {**sm.mean, "target_mean": sm.target_mean}
     if structures:  # C > 1: the same summary for each structure; the numbers above are their mean
-        summary["structures"] = {
-            name: {k: v for k, v in _summary({d: [c.structures[i] for c in cases] for d, cases in scores.items()},
-                                             source).items() if k in ("dice3d", "dice3d_std", "dice2d")}
-            for i, name in enumerate(structures)}
+        summary["structures"] = {}
+        for i, name in enumerate(structures):
+            own = _summary({d: [c.structures[i] for c in cases] for d, cases in scores.items()}, source)
+            summary["structures"][name] = {k: own[k] for k in ("dice3d", "dice3d_std", "dice2d")}
     return summary
 
 
