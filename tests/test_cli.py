@@ -24,9 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 #: The folder holding the package under test: subprocesses import the same one.
 PACKAGE_ROOT = Path(sammed_fast.__file__).resolve().parents[1]
 
-#: `python -m sammed_fast.train --help` before its parser was generated from TrainConfig.
+#: `python -m sammed_fast.train --help` before its parser was generated from TrainConfig, and
+#: --labels (a dataset description's label table).
 TRAIN_FLAGS = {
-    "--data", "--source", "--targets", "--all-sources", "--tile-size", "--cache-dir", "--synthetic-cases",
+    "--data", "--source", "--targets", "--labels", "--all-sources", "--tile-size", "--cache-dir", "--synthetic-cases",
     "--segmenter", "--segmenter-weights", "--segmenter-epochs", "--segmenter-batch", "--segmenter-lr",
     "--theta1", "--filter-cells", "--downscale", "--empty-box", "--precision", "--compile", "--sam",
     "--sam-checkpoint", "--sam-scaling", "--decoder-epochs", "--decoder-batch", "--decoder-lr",

@@ -187,6 +187,19 @@ class LabelTable:
         """uint8 in {0, 1}, same shape: 1 where any structure is (the single-structure label)."""
         return self.masks(label_map).any(axis=0).astype(np.uint8)
 
+    def paint(self, masks: np.ndarray) -> np.ndarray:
+        """bool (C, *shape) masks, one per structure in table order -> a label map (*shape) that
+        holds each structure's smallest value (1 for every-non-zero), painted in table order, later
+        structures over earlier ones; 0 elsewhere. uint8 when every value fits, else int32."""
+        masks = np.asarray(masks, dtype=bool)
+        if masks.shape[0] != len(self):
+            raise ValueError(f"{masks.shape[0]} masks for a table of {len(self)} structures")
+        values = [1 if s.values is None else s.values[0] for s in self.structures]
+        out = np.zeros(masks.shape[1:], dtype=np.uint8 if max(values) <= 255 else np.int32)
+        for mask, value in zip(masks, values):
+            out[mask] = value
+        return out
+
     def unknown_values(self, label_map: np.ndarray) -> list[int]:
         """Sorted values of ``label_map`` that are neither 0, ignored nor any structure's."""
         if self.every_nonzero:

@@ -10,13 +10,33 @@ from torch.utils.data import Dataset
 
 from sammed_fast.data.prostate import Volume
 
-__all__ = ["SliceDataset", "VolumeAssembler", "resize_images", "resize_labels"]
+__all__ = ["SliceDataset", "VolumeAssembler", "resize_images", "resize_labels", "slice_images",
+           "structure_count", "structure_masks"]
 
 
 def _check_tile(tile_size) -> int:
     if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) or tile_size < 1:
         raise ValueError(f"tile_size must be a positive int, got {tile_size!r}")
     return int(tile_size)
+
+
+def structure_count(volume: Volume) -> int:
+    """C, the structures of a volume: its label table's (a ``LabelledVolume``), else 1."""
+    labels = getattr(volume, "labels", None)
+    return 1 if labels is None else len(labels)
+
+
+def structure_masks(volume: Volume) -> np.ndarray:
+    """uint8 (C, S, H, W) in {0, 1}: one mask per structure (C = 1: the volume's label)."""
+    if structure_count(volume) == 1:
+        return volume.label[None]
+    return volume.masks().astype(np.uint8)
+
+
+def slice_images(image: np.ndarray) -> torch.Tensor:
+    """A volume's image as slices: (S,H,W) -> (S,1,H,W), an RGB (S,H,W,3) -> (S,3,H,W); float32."""
+    slices = torch.from_numpy(np.ascontiguousarray(image)).float()
+    return slices.unsqueeze(1) if slices.ndim == 3 else slices.permute(0, 3, 1, 2)
 
 
 def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -28,7 +48,7 @@ def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N, 1, H, W) masks -> (N, 1, *size), nearest (pixel-centre aligned), same dtype."""
+    """(N, C, H, W) masks -> (N, C, *size), nearest (pixel-centre aligned), same dtype."""
     if tuple(labels.shape[-2:]) == tuple(size):
         return labels
     return F.interpolate(labels.float(), size=size, mode="nearest-exact").to(labels.dtype)
@@ -37,7 +57,8 @@ def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class SliceDataset(Dataset):
     """Every slice (or only prostate slices) of `volumes`, resized to tile_size x tile_size.
 
-    Item: dict(image float32 (1, t, t), label float32 (1, t, t) in {0, 1}, domain str,
+    Item: dict(image float32 (K, t, t) (K = ``channels``: 1 grey, 3 RGB), label float32 (C, t, t)
+    in {0, 1} (C = ``structures``: the volumes' label table, 1 for plain volumes), domain str,
     case_id str, slice_index int). Slices are resized once, at construction; aspect ratio is not
     kept (the common release is square in-plane). `only_foreground` selects slices whose label at
     the original resolution contains prostate.
@@ -49,24 +70,35 @@ class SliceDataset(Dataset):
         if not self.volumes:
             raise ValueError("volumes is empty")
         size = (self.tile_size, self.tile_size)
+        counts = {structure_count(v) for v in self.volumes}
+        if len(counts) != 1:
+            raise ValueError(f"volumes have different numbers of structures {sorted(counts)}")
+        (self.structures,) = counts
         images, labels, keys = [], [], []
+        channels = {vol.image.shape[3] if vol.image.ndim == 4 else 1 for vol in self.volumes}
+        if len(channels) != 1:
+            raise ValueError("volumes mix grey and RGB images")
+        (self.channels,) = channels
         for vol in self.volumes:
-            if vol.image.shape != vol.label.shape or vol.image.ndim != 3:
+            if vol.image.shape[:3] != vol.label.shape or vol.image.ndim not in (3, 4):
                 raise ValueError(f"{vol.image_path}: image {vol.image.shape} and label "
-                                 f"{vol.label.shape} must be equal 3D shapes")
+                                 f"{vol.label.shape} must be equal 3D shapes (RGB: (1, H, W, 3))")
             idx = np.arange(vol.num_slices)
             if only_foreground:
                 idx = idx[vol.label.reshape(vol.num_slices, -1).any(axis=1)]
             if idx.size == 0:
                 continue
             sel = torch.from_numpy(idx)
-            images.append(resize_images(
-                torch.from_numpy(vol.image)[sel].unsqueeze(1).float(), size))
-            labels.append(resize_labels(torch.from_numpy(vol.label)[sel].unsqueeze(1), size))
+            images.append(resize_images(slice_images(vol.image)[sel], size))
+            if self.structures == 1:
+                labels.append(resize_labels(torch.from_numpy(vol.label)[sel].unsqueeze(1), size))
+            else:  # (S, C, H, W): slice-major like the images
+                masks = torch.from_numpy(structure_masks(vol)).transpose(0, 1)
+                labels.append(resize_labels(masks[sel], size))
             keys.extend((vol.domain, vol.case_id, int(i)) for i in idx)
         t = self.tile_size
-        self.images = torch.cat(images) if images else torch.empty(0, 1, t, t)
-        self.labels = torch.cat(labels) if labels else torch.empty(0, 1, t, t, dtype=torch.uint8)
+        self.images = torch.cat(images) if images else torch.empty(0, self.channels, t, t)
+        self.labels = torch.cat(labels) if labels else torch.empty(0, self.structures, t, t, dtype=torch.uint8)
         self.keys: list[tuple[str, str, int]] = keys
 
     def __len__(self) -> int:
@@ -129,7 +161,7 @@ class VolumeAssembler:
         if key not in self._stacks:
             if self.fill_missing is None:
                 raise ValueError(f"no predictions were added for {key[0]}/{key[1]}")
-            return torch.full(vol.image.shape, float(self.fill_missing))
+            return torch.full(vol.image.shape[:3], float(self.fill_missing))
         stack, seen = self._stacks[key], self._seen[key]
         if not seen.all():
             if self.fill_missing is None:
@@ -137,7 +169,7 @@ class VolumeAssembler:
                 raise ValueError(f"{key[0]}/{key[1]}: slices {missing} have no prediction")
             stack = stack.clone()
             stack[~seen.to(stack.device)] = float(self.fill_missing)
-        size = tuple(vol.image.shape[1:])
+        size = tuple(vol.image.shape[1:3])  # (S,H,W), or (S,H,W,3) RGB
         stack = stack.unsqueeze(1)
         out = resize_images(stack, size) if mode == "bilinear" else resize_labels(stack, size)
         return out[:, 0]

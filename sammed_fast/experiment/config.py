@@ -14,6 +14,7 @@ import functools
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from sammed_fast.atomic import write_text_atomic
 from sammed_fast.errors import ConfigError
 from sammed_fast.experiment.devices import resolve_device
 from sammed_fast.method.prompts import EMPTY_BOX_POLICIES, PROMPT_KINDS, BoxPrompter
+from sammed_fast.data.images2d import read_image_2d
+from sammed_fast.data.labels import PROSTATE_LABELS, LabelTable
+from sammed_fast.data.manifest import DatasetDescription, describe_dataset
 from sammed_fast.data.prostate import DOMAINS
 from sammed_fast.models import SEGMENTERS
 from sammed_fast.models.tiled_sam import PRECISIONS
@@ -66,10 +70,41 @@ def filter_downscale(tile_size: int, cells: int) -> int:
     return max(1, tile_size // cells)
 
 
+#: The run's split names; a domain of a dataset description may not be named like them.
+SPLIT_NAMES = ("train", "val", "test")
+#: Domain names a run can use: they name files of the run folder (predictions/<domain>.pt).
+_DOMAIN_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+#: config.json entries derived from the data (written for a dataset description, not read back).
+DERIVED_KEYS = ("data_form", "label_table")
+
+
+def _tokens(value: Any) -> list[str]:
+    """'B,C', 'b c' or ['B', 'C,D'] -> the names given, split at commas and white space."""
+    values = [value] if isinstance(value, str) else list(value)
+    return [token for v in values for token in str(v).replace(",", " ").split()]
+
+
+def is_description(path: Path) -> bool:
+    """Whether ``--data`` names a dataset description (a manifest file, an nnU-Net folder with its
+    dataset.json) rather than the six-site release folder."""
+    return path.suffix.lower() in (".csv", ".json") or (path / "dataset.json").is_file()
+
+
+def _names(value: Any, name: str, description: DatasetDescription) -> tuple[str, ...]:
+    """Domain names of a dataset description; unknown or repeated names -> ConfigError."""
+    names = tuple(_tokens(value))
+    bad = [v for v in names if v not in description.domains]
+    if bad or not names:
+        raise ConfigError(f"{name}: unknown domain(s) {bad or '(none given)'}; --data "
+                          f"{description.source} has domains {', '.join(description.domains) or '(none)'}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{name}: domains repeat: {' '.join(names)}")
+    return names
+
+
 def _letters(value: Any, name: str) -> tuple[str, ...]:
     """'BC', 'B,C', 'b c' or ['B', 'C'] -> ('B', 'C'); unknown or repeated letters -> ConfigError."""
-    tokens = value.replace(",", " ").split() if isinstance(value, str) else [str(v) for v in value]
-    letters = tuple(c.upper() for token in tokens for c in token)
+    letters = tuple(c.upper() for token in _tokens(value) for c in token)
     bad = [v for v in letters if v not in DOMAINS]
     if bad or not letters:
         raise ConfigError(f"{name}: unknown domain letter(s) {bad or '(none given)'}; "
@@ -89,11 +124,18 @@ class TrainConfig:
     """
 
     data: Path | None = _data_option(
-        None, "root of the six-site prostate release (folders ISBI, ISBI_1.5, I2CVB, UCL, BIDMC, HK); "
+        None, "root of the six-site prostate release (folders ISBI, ISBI_1.5, I2CVB, UCL, BIDMC, HK), "
+              "or a dataset description: a manifest .csv/.json or an nnU-Net raw folder (docs/byod.md); "
               "default: the built-in synthetic set, written to the cache if missing")
-    source: str = _data_option("A", "source domain letter (A..F)")
+    source: str | None = _data_option(
+        None, "source domain: a letter A..F of the six-site release (default A), or a domain name of "
+              "a dataset description (required there)")
     targets: tuple[str, ...] | None = _data_option(
-        None, "target domain letters, e.g. BCD (default: all others)", parse=str)
+        None, "target domains: letters (BCD, B C D) or a description's domain names (siteB siteC) "
+              "(default: all others)")
+    labels: str | None = _data_option(
+        None, "label table of a dataset description, replacing its own, e.g. 'inner=1,outer=2' or "
+              "'prostate=*' (every non-zero value); the six-site release is always prostate=*")
     all_sources: bool = _data_option(False, "one run per source domain and their average (the paper's Table 1)")
     synthetic_cases: int | None = _data_option(None, "cases per domain of a smaller synthetic set (quick checks)")
     cache_dir: Path | None = _data_option(
@@ -185,20 +227,40 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None:
                 set_(name, Path(value).expanduser().absolute())
-        source = _letters(self.source, "--source") if isinstance(self.source, str) else ()
-        if len(source) != 1:
-            raise ConfigError(f"--source: give one domain letter from {', '.join(DOMAINS)}, "
-                              f"got {self.source!r}")
+        description = self._describe()
+        object.__setattr__(self, "_description", description)
+        if description is None:
+            source = _letters("A" if self.source is None else self.source, "--source") \
+                if isinstance(self.source, str) or self.source is None else ()
+            if len(source) != 1:
+                raise ConfigError(f"--source: give one domain letter from {', '.join(DOMAINS)}, "
+                                  f"got {self.source!r}")
+        else:
+            if self.source is None:
+                raise ConfigError(f"--source: give the source domain, one of "
+                                  f"{', '.join(description.domains)} (--data {description.source})")
+            source = _names(self.source, "--source", description)
+            if len(source) != 1:
+                raise ConfigError(f"--source: give one domain, got {self.source!r}")
         set_("source", source[0])
         if self.targets is not None:
             if self.all_sources:
                 raise ConfigError("--targets cannot be combined with --all-sources (each run "
-                                  "evaluates on the five other domains)")
-            targets = _letters(self.targets, "--targets")
+                                  "evaluates on every other domain)")
+            targets = (_letters if description is None else
+                       lambda value, name: _names(value, name, description))(self.targets, "--targets")
             if self.source in targets:
                 raise ConfigError(f"--targets: {self.source} is the source domain; targets must be "
                                   "unseen domains")
             set_("targets", targets)
+        if description is not None:
+            for domain in (self.source, *self.target_domains):
+                if domain in SPLIT_NAMES or not _DOMAIN_NAME_RE.match(domain):
+                    raise ConfigError(
+                        f"--data {description.source}: domain {domain!r} cannot name a run's split "
+                        f"(it names files of the run folder): use letters, digits, '_', '-', '.', not "
+                        f"{'/'.join(SPLIT_NAMES)}; rename it in the description or leave it out with "
+                        "--targets")
         if self.sam not in SAM_CHOICES:
             raise ConfigError(f"--sam: unknown SAM variant {self.sam!r}; choose one of "
                               f"{', '.join(SAM_CHOICES)}")
@@ -265,7 +327,51 @@ class TrainConfig:
         if self.sam != "compact" and self.compact_pretrain_steps is not None:
             raise ConfigError("compact_pretrain_steps applies to --sam compact only")
 
+    def _describe(self) -> DatasetDescription | None:
+        """The dataset description ``--data`` names (its manifest read, not its files), or None for
+        the six-site release and the synthetic set; ``--labels`` replaces its table."""
+        if self.data is None or not (Path(self.data).is_file() or is_description(Path(self.data))):
+            if self.labels is not None:
+                raise ConfigError(f"--labels applies to a dataset description (a manifest or an nnU-Net "
+                                  f"folder); the {'six-site release' if self.data else 'synthetic set'} "
+                                  f"is read as {PROSTATE_LABELS.spec()}")
+            return None
+        if self.labels is not None and not isinstance(self.labels, str):
+            raise ConfigError(f"--labels: give the table as text, e.g. 'inner=1,outer=2', got {self.labels!r}")
+        labels = None if self.labels is None else LabelTable.parse(self.labels, where="--labels")
+        return describe_dataset(self.data, labels=labels)
+
     # ------------------------------------------------------------------ derived values
+    @property
+    def dataset(self) -> DatasetDescription | None:
+        """The dataset description of ``--data`` (manifest read, files not yet checked), or None."""
+        return self._description
+
+    @property
+    def data_form(self) -> str:
+        """'synthetic', 'six-site' or the description's form ('csv', 'json', 'nnunet')."""
+        if self.dataset is not None:
+            return self.dataset.form
+        return "synthetic" if self.data is None else "six-site"
+
+    @property
+    def label_table(self) -> LabelTable:
+        """The structures a run segments: the description's table, else prostate=*."""
+        return self.dataset.labels if self.dataset is not None else PROSTATE_LABELS
+
+    @functools.cached_property
+    def image_channels(self) -> int:
+        """1 (grey) or 3 (RGB): the channels the segmenter takes. A 2D description's images are RGB
+        when the first image of the source domain is (a run cannot mix both: refused on reading)."""
+        if self.dataset is None or not self.dataset.is_2d:
+            return 1
+        return 3 if read_image_2d(self.dataset.cases_of(self.source)[0].image).ndim == 3 else 1
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """Every domain of the data: the description's names, else the letters A..F."""
+        return self.dataset.domains if self.dataset is not None else tuple(DOMAINS)
+
     @property
     def folds(self) -> int:
         """Cross-fitting folds of this run: ``crossfit_folds`` when the decoder trains on
@@ -293,7 +399,7 @@ class TrainConfig:
     def target_domains(self) -> tuple[str, ...]:
         if self.targets is not None:
             return tuple(t for t in self.targets if t != self.source)
-        return tuple(d for d in DOMAINS if d != self.source)
+        return tuple(d for d in self.domains if d != self.source)
 
     def resolved(self) -> "TrainConfig":
         """A copy with every None default filled in (segmenter, tile size, downscale, epochs,
@@ -326,20 +432,26 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_json(self) -> dict:
+        """Every field (``labels`` only when given), and for a dataset description the data form and
+        label table it gives (DERIVED_KEYS, for the reader; not read back)."""
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name == "labels" and value is None:
+                continue
             out[f.name] = str(value) if isinstance(value, Path) else (
                 list(value) if isinstance(value, tuple) else value)
+        if self.dataset is not None:
+            out.update(data_form=self.data_form, label_table=self.label_table.as_mapping())
         return out
 
     @classmethod
     def from_json(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} | set(DERIVED_KEYS)
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"config.json has unknown fields {unknown} (written by another version?)")
-        kwargs = dict(data)
+        kwargs = {k: v for k, v in data.items() if k not in DERIVED_KEYS}
         for name in ("targets", "theta2_sweep", "seeds"):
             if kwargs.get(name) is not None:
                 kwargs[name] = tuple(kwargs[name])
@@ -348,8 +460,8 @@ class TrainConfig:
     def differences(self, other: "TrainConfig") -> list[str]:
         """Fields (other than RESUMABLE_CHANGES) whose values differ, as 'name: a != b'."""
         mine, theirs = self.to_json(), other.to_json()
-        return [f"{k}: {theirs[k]!r} != {mine[k]!r}" for k in mine
-                if k not in RESUMABLE_CHANGES and mine[k] != theirs[k]]
+        return [f"{k}: {theirs.get(k)!r} != {mine.get(k)!r}" for k in dict.fromkeys([*mine, *theirs])
+                if k not in RESUMABLE_CHANGES and mine.get(k) != theirs.get(k)]
 
     def write(self, path: Path) -> None:
         write_text_atomic(path, json.dumps(self.to_json(), indent=2) + "\n")

@@ -19,12 +19,14 @@ diagnostics of every split (experiment.box_diagnostics).
 from __future__ import annotations
 
 import dataclasses
+
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from sammed_fast.experiment.box_diagnostics import DIAGNOSED_KINDS, box_diagnostics
 from sammed_fast.experiment.boxes_stage import load_boxes
-from sammed_fast.method.prompts import ellipse_in_boxes
+from sammed_fast.method.prompts import ellipse_in_boxes, structure_count
 from sammed_fast.experiment.config import TrainConfig
 from sammed_fast.experiment.embedding_cache import EmbeddingCache
 from sammed_fast.method.predictor import SEGMENTER_THRESHOLD, Predictor
@@ -71,10 +73,18 @@ class EvaluationResult:
     samples: list[FigureSample]
 
 
-def _ellipse_masks(boxes: torch.Tensor, keep: torch.Tensor, size: int) -> torch.Tensor:
+def _ellipse_masks(boxes: torch.Tensor, keep: torch.Tensor, size: int, structures: int) -> torch.Tensor:
+    """(N*C,4) boxes -> (N,t,t) ellipse masks, (N,C,t,t) for C > 1 structures."""
     masks = ellipse_in_boxes(boxes, size)[:, 0]
     masks[~keep] = 0
-    return masks
+    return masks if structures == 1 else masks.reshape(-1, structures, size, size)
+
+
+def _mosaic_dice(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The paper's mosaic Dice; for (N,C,t,t) the mosaics of every structure, one after another."""
+    if structure_count(pred) == 1:
+        return dice_per_mosaic(pred, labels)
+    return torch.cat([dice_per_mosaic(pred[:, c], labels[:, c]) for c in range(pred.shape[1])])
 
 
 def _split_scores(split: Split, run: RunFolder, config: TrainConfig, predictor: Predictor,
@@ -83,24 +93,24 @@ def _split_scores(split: Split, run: RunFolder, config: TrainConfig, predictor: 
     """(row -> case scores, theta2 -> case scores of the method, per-slice values used by the figure)."""
     coarse = load_predictions(run, split)
     boxes = load_boxes(run, split)
-    labels = split.slices.labels
-    mosaics = {"segmenter": dice_per_mosaic(coarse > SEGMENTER_THRESHOLD, labels > 0)}
+    labels, structures = split.slices.labels, split.slices.structures
+    mosaics = {"segmenter": _mosaic_dice(coarse > SEGMENTER_THRESHOLD, labels > 0)}
     rows = {"segmenter": score_split(split, coarse, thresholds=[SEGMENTER_THRESHOLD])[SEGMENTER_THRESHOLD]}
     sweep: dict[float, list[CaseScore]] = {}
     method_probs = None
     for row, kind in SAM_ROWS.items():
         prompt, keep = predictor.prompter.prompts(boxes, kind)
-        probs = predictor.decode(embeddings, prompt, keep)
+        probs = predictor.decode(embeddings, prompt, keep, structures=structures)
         thresholds = sorted({config.theta2, *config.theta2_sweep}) if row == METHOD else [config.theta2]
         scores = score_split(split, probs, thresholds=thresholds)
         rows[row] = scores[config.theta2]
-        mosaics[row] = dice_per_mosaic(probs > config.theta2, labels > 0)
+        mosaics[row] = _mosaic_dice(probs > config.theta2, labels > 0)
         if row == METHOD:
             sweep, method_probs = {t: scores[t] for t in config.theta2_sweep}, probs
     prompt, keep = predictor.prompter.prompts(boxes, "filtered")
-    ellipses = _ellipse_masks(prompt, keep, config.tile_size)
+    ellipses = _ellipse_masks(prompt, keep, config.tile_size, structures)
     rows["ellipse_filtered"] = score_split(split, ellipses, thresholds=[0.5], mode="nearest")[0.5]
-    mosaics["ellipse_filtered"] = dice_per_mosaic(ellipses > 0.5, labels > 0)
+    mosaics["ellipse_filtered"] = _mosaic_dice(ellipses > 0.5, labels > 0)
     return rows, sweep, {"coarse": coarse, "final": method_probs, "boxes": boxes, "mosaics": mosaics}
 
 
@@ -121,28 +131,43 @@ def _split_diagnostics(boxes: dict[str, torch.Tensor], *, crossfit: bool) -> dic
     return {kind: box_diagnostics(boxes, kind) for kind in kinds}
 
 
+def _grey(image: np.ndarray) -> np.ndarray:
+    """An (H,W) slice as it is, an (H,W,3) RGB image as the mean of its channels (for the figure)."""
+    return image if image.ndim == 2 else image.mean(-1)
+
+
 def _figure_sample(split: Split, values: dict[str, torch.Tensor], boxes: dict[str, torch.Tensor],
                    config: TrainConfig) -> FigureSample:
-    """The slice with the most prostate in the split's first volume, with its filtered and
-    ground-truth boxes."""
+    """The slice with the most foreground in the split's first volume, with its filtered and
+    ground-truth boxes. With C > 1 structures: the union of the structures' masks (each
+    thresholded) and the first structure's boxes."""
     volume = split.volumes[0]
     areas = volume.label.reshape(volume.num_slices, -1).sum(1)
     s = int(areas.argmax())
-    coarse = assemble(split, values["coarse"]).volume(volume.key)[s] > SEGMENTER_THRESHOLD
-    final = assemble(split, values["final"]).volume(volume.key)[s] > config.theta2
-    row = split.keys.index((*volume.key, s))
-    height, width = volume.image.shape[1:]
+    structures = split.slices.structures
+
+    def mask(values: torch.Tensor, threshold: float) -> torch.Tensor:
+        if structures == 1:
+            return assemble(split, values).volume(volume.key)[s] > threshold
+        return torch.stack([assemble(split, values[:, c]).volume(volume.key)[s] > threshold
+                            for c in range(structures)]).any(0)
+
+    coarse = mask(values["coarse"], SEGMENTER_THRESHOLD)
+    final = mask(values["final"], config.theta2)
+    row = split.keys.index((*volume.key, s)) * structures
+    height, width = volume.image.shape[1:3]
     drawn = {kind: _volume_frame_box(boxes[kind][row], bool(boxes[f"{kind}_empty"][row]),
                                      config.tile_size, height, width) for kind in ("filtered", "gt")}
     return FigureSample(domain=volume.domain, case_id=volume.case_id, slice_index=s,
-                        image=torch.from_numpy(volume.image[s]), coarse=coarse, final=final,
+                        image=torch.from_numpy(_grey(volume.image[s])), coarse=coarse, final=final,
                         truth=torch.from_numpy(volume.label[s]).bool(), boxes=drawn)
 
 
 def _summary(scores: dict[str, list[CaseScore]], source: str,
-             mosaics: dict[str, torch.Tensor] | None = None) -> dict:
+             mosaics: dict[str, torch.Tensor] | None = None, structures: tuple[str, ...] = ()) -> dict:
     """Per-domain mean/std of 3D Dice and pooled per-slice Dice, plus the target means; with
-    ``mosaics`` (domain -> Dice of each 2x2 mosaic) the paper's mosaic Dice too."""
+    ``mosaics`` (domain -> Dice of each 2x2 mosaic) the paper's mosaic Dice too; with the names of
+    C > 1 ``structures``, ``"structures"``: name -> its own dice3d, dice3d_std and dice2d."""
     by3d = {d: [c.dice3d for c in cases] for d, cases in scores.items()}
     by2d = {d: [v for c in cases for v in c.dice2d] for d, cases in scores.items()}
     s3, s2 = summarise(by3d, source=source), summarise(by2d, source=source, skip_nan=True)
@@ -153,7 +178,20 @@ def _summary(scores: dict[str, list[CaseScore]], source: str,
     if mosaics is not None:
         sm = summarise({d: m.tolist() for d, m in mosaics.items()}, source=source, skip_nan=True)
         summary["dice_mosaic"] = {**sm.mean, "target_mean": sm.target_mean}
+    if structures:  # C > 1: the same summary for each structure; the numbers above are their mean
+        summary["structures"] = {}
+        for i, name in enumerate(structures):
+            own = _summary({d: [c.structures[i] for c in cases] for d, cases in scores.items()}, source)
+            summary["structures"][name] = {k: own[k] for k in ("dice3d", "dice3d_std", "dice2d")}
     return summary
+
+
+def _data_entries(config: TrainConfig) -> dict:
+    """For a dataset description: where the data came from, its form and its label table (the
+    six-site release and the synthetic set are always prostate=*; their results carry none)."""
+    if config.dataset is None:
+        return {}
+    return {"data": str(config.data), "data_form": config.data_form, "labels": config.label_table.spec()}
 
 
 def evaluate_run_data(*, run: RunFolder, data: RunData, config: TrainConfig, predictor: Predictor,
@@ -165,6 +203,8 @@ def evaluate_run_data(*, run: RunFolder, data: RunData, config: TrainConfig, pre
     per_row_mosaic: dict[str, dict[str, torch.Tensor]] = {row: {} for row in ROWS}
     samples: list[FigureSample] = []
     cases: list[dict] = []
+    #: the names of C > 1 structures, scored each on its own (none for a single structure)
+    structures = config.label_table.names if len(config.label_table) > 1 else ()
     for name in tqdm(data.eval_splits, desc="evaluation", unit="split", disable=not config.progress):
         split = data.splits[name]
         rows, sweep, values = _split_scores(split, run, config, predictor, cache.get(name))
@@ -192,14 +232,16 @@ def evaluate_run_data(*, run: RunFolder, data: RunData, config: TrainConfig, pre
         "empty_box": config.empty_box, "decoder_prompts": config.decoder_prompts,
         "training_box_noise": config.box_noise, "training_box_jitter": config.box_jitter,
         "notes": config.notes(),
+        **_data_entries(config),
         "tile_size": config.tile_size, "sam": config.sam, "sam_scaling": config.sam_scaling,
         "segmenter": config.segmenter, "seed": config.seed,
         "mosaic_metric": "dice_mosaic: the paper's own 2D metric, Dice over each 2x2 mosaic of "
                          "consecutive slices (one SAM canvas) at the tile size, mean per domain; "
                          "mosaics empty in truth and prediction are left out. Not comparable to dice3d",
-        "rows": {row: {"label": label, **_summary(per_row[row], data.source, per_row_mosaic[row])}
+        "rows": {row: {"label": label, **_summary(per_row[row], data.source, per_row_mosaic[row], structures)}
                  for row, label in ROWS.items()},
-        "theta2_sweep": {f"{t:g}": _summary(per_theta[t], data.source) for t in config.theta2_sweep},
+        "theta2_sweep": {f"{t:g}": _summary(per_theta[t], data.source, structures=structures)
+                         for t in config.theta2_sweep},
         "boxes": {name: {"domain": split.domain,
                          **_split_diagnostics(load_boxes(run, split), crossfit=name == "train")}
                   for name, split in data.splits.items()},

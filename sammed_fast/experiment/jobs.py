@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sammed_fast.data.prostate import DOMAINS
 from sammed_fast.experiment import distributed
 from sammed_fast.experiment.config import STAGES, TrainConfig
 from sammed_fast.experiment.devices import resolve_device
@@ -61,7 +60,7 @@ def _train_seeds(config: TrainConfig) -> Path:
 def _train_all_sources(config: TrainConfig) -> Path:
     out = config.resolved().out
     _claim_folder(out)
-    sources = list(DOMAINS)
+    sources = list(config.domains)
     for source in sources:  # every bad input is reported before the first run starts
         preflight(config.for_source(source, out / f"source_{source}"))
     per_source = {}

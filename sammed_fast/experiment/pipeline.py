@@ -27,7 +27,7 @@ from sammed_fast.experiment.evaluation import evaluate_run_data
 from sammed_fast.experiment.figure import write_figure
 from sammed_fast.experiment.fitting import FitResult
 from sammed_fast.experiment.report import write_results
-from sammed_fast.experiment.run_data import RunData, check_data, data_root, load_run_data
+from sammed_fast.experiment.run_data import RunData, check_data, check_dataset, data_root, load_run_data
 from sammed_fast.experiment.run_folder import RunFolder
 from sammed_fast.experiment.run_method import RunMethod, open_finished_run
 from sammed_fast.experiment.sam_model import check_sam
@@ -43,10 +43,7 @@ def preflight(config: TrainConfig) -> TrainConfig:
     config = config.resolved()
     resolve_device(config.device)
     check_sam(config)
-    if config.data is not None:
-        if not Path(config.data).is_dir():
-            raise ConfigError(f"--data {config.data}: folder does not exist")
-        check_data(Path(config.data), (config.source, *config.target_domains))
+    check_dataset(config, progress=config.progress)
     build_run_segmenter(config)  # unknown name or unusable weights file
     return config
 
@@ -139,7 +136,8 @@ def _run_pipeline(config: TrainConfig) -> Path:
     run = RunFolder.open(config)
     try:
         root = distributed.main_only(lambda: data_root(config, progress=config.progress))
-        check_data(root, (config.source, *config.target_domains))
+        if config.dataset is None:  # a description was validated by preflight
+            check_data(root, (config.source, *config.target_domains))
         data = load_run_data(config, root, progress=config.progress)
         processes = distributed.world_size()
         run.log(f"source {config.source} (train {len(data.splits['train'].volumes)}, val "

@@ -2,19 +2,28 @@
 --output PATH``.
 
 PATH is a NIfTI volume or a folder of them (``*.nii`` / ``*.nii.gz``; ``*_segmentation`` labels and
-earlier ``*_mask`` outputs are skipped). Each volume goes through the run's own pipeline: the
+earlier ``*_mask`` outputs are skipped), or a dataset description (a manifest .csv/.json or an
+nnU-Net raw folder, docs/byod.md): the images of all its cases, in its case order. A 2D image (PNG,
+JPEG, TIFF, BMP; grey or RGB) is a one-slice case normalised as a description's images are; its
+mask is ``<stem>_mask.png``. Each volume goes through the run's own pipeline: the
 training normalisation (clip at the 99.5th percentile, z-score), slices resized to the run's tile
 size, the selected segmenter, the box filter (``ops.boxes_from_probs`` with the run's theta1 and
 downscale), the run's SAM with its selected decoder on merged 2x2 canvases, and theta2. Slices of
 consecutive volumes share canvases and batches, in input order, exactly as the run's evaluation
 packs a split, so predicting a split's volumes reproduces its evaluation masks. SAM probabilities
 return to the volume's in-plane size bilinearly and are thresholded there (as the evaluation
-scores them). One uint8 mask per input, with the input's affine and header, appears atomically as
+scores them). A run with several structures writes a label map instead: each structure's mask
+painted with its label value in table order, later structures over earlier ones
+(``LabelTable.paint``). One uint8 mask per input, with the input's affine and header, appears atomically as
 ``<stem>_mask.nii.gz`` in the output folder (or at ``--output`` itself when it names a .nii/.nii.gz
 file and the input is one file); ``--overlays`` adds ``<stem>_overlay.png``. Masks are written in
 each input's own voxel orientation. An output that is one of the inputs, or an existing file that
 is not a mask written by this command (its NIfTI header's descrip says "sammed_fast mask"), is
 refused before any work: a scan is never replaced.
+
+``boxes`` (``--boxes FILE``) takes the box prompts from a CSV instead of the segmenter
+(``experiment.box_file``: ``image,slice,structure,x0,y0,x1,y1``, mapped to the tile frame as the
+run's boxes are); a slice and structure without a box gets an empty mask.
 
 An unreadable input is reported on stderr, naming the file, and the others are still predicted;
 the command then exits with status 1. The CLI parses its arguments and calls :func:`predict`.
@@ -22,6 +31,7 @@ the command then exits with status 1. The CLI parses its arguments and calls :fu
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import re
 import sys
@@ -35,10 +45,15 @@ from tqdm.auto import tqdm
 
 from sammed_fast.data.prostate import (Volume, canonical_spacing, file_orientation, normalise_intensity,
                                       read_nifti, save_like, to_canonical, to_nifti_order)
-from sammed_fast.data.slices import resize_images
+from sammed_fast.data.labels import LabelTable
+from sammed_fast.data.manifest import describe_dataset
+from sammed_fast.data.images2d import is_2d_path, normalise_image_2d, read_image_2d
+from sammed_fast.data.slices import resize_images, slice_images
 from sammed_fast.atomic import write_bytes_atomic
 from sammed_fast.errors import ConfigError
 from sammed_fast.files import natural_key
+from sammed_fast.experiment.box_file import read_box_file, tile_prompts
+from sammed_fast.experiment.config import is_description
 from sammed_fast.experiment.devices import resolve_device
 from sammed_fast.experiment.run_method import RunMethod, open_finished_run
 from sammed_fast.method.predictor import Predictor
@@ -66,13 +81,16 @@ class PredictionFailed(RuntimeError):
 # ----------------------------------------------------------------------------- inputs and outputs
 def _stem(path: Path) -> str:
     match = _NIFTI.match(path.name)
-    return match.group("stem") if match else path.name
+    return match.group("stem") if match else (path.stem if is_2d_path(path) else path.name)
 
 
 def list_inputs(path: str | Path) -> list[Path]:
     """The volumes to predict: ``path`` itself, or the NIfTI files of folder ``path`` in natural
-    name order (Case2 before Case10), without labels (``*_segmentation``) and masks (``*_mask``)."""
+    name order (Case2 before Case10), without labels (``*_segmentation``) and masks (``*_mask``), or
+    the images of every case of the dataset description ``path`` (a manifest or nnU-Net folder)."""
     path = Path(path)
+    if is_description(path):  # labels are not read: any table lists the images
+        return [case.image for case in describe_dataset(path, labels="any=*").cases]
     if path.is_file():
         return [path]
     if not path.is_dir():
@@ -92,11 +110,20 @@ def _output_paths(inputs: list[Path], input_is_file: bool, output: Path) -> list
         raise ConfigError(f"--output {output} names a NIfTI file, but --input is a folder: give a folder")
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output} exists and is not a folder")
-    return [output / f"{_stem(p)}_mask.nii.gz" for p in inputs]
+    return [output / f"{_stem(p)}_mask{'.png' if is_2d_path(p) else '.nii.gz'}" for p in inputs]
 
 
 def _is_our_mask(path: Path) -> bool:
-    """Whether the existing file ``path`` is a mask this command wrote (its header says so)."""
+    """Whether the existing file ``path`` is a mask this command wrote (its header, or a PNG's
+    Description text, says so)."""
+    if path.suffix.lower() == ".png":
+        from PIL import Image
+
+        try:
+            with Image.open(path) as image:
+                return image.info.get("Description") == MASK_DESCRIPTION
+        except Exception:  # not an image at all: certainly not ours
+            return False
     try:
         description = bytes(nib.load(str(path)).header["descrip"].item())
     except Exception:  # not NIfTI at all, or unreadable: certainly not ours
@@ -121,7 +148,13 @@ def check_outputs(inputs: list[Path], targets: list[Path]) -> None:
 
 
 def _read_volume(path: Path) -> Volume:
-    """The input as the run saw its training volumes: float32 (S,H,W), normalised. Errors name it."""
+    """The input as the run saw its training volumes: float32 (S,H,W), normalised; a 2D image
+    (1,H,W), or (1,H,W,3) RGB, normalised per channel as a description's images are. Errors name it."""
+    if is_2d_path(path):
+        image = normalise_image_2d(read_image_2d(path), name=str(path))
+        return Volume(domain="", case_id=_stem(path), image=np.ascontiguousarray(image[None]),
+                      label=np.zeros(0, dtype=np.uint8), spacing=(1.0, 1.0, 1.0), affine=np.eye(4),
+                      image_path=path)
     data, img = read_nifti(path, "image")
     orientation = file_orientation(img, path)
     image = normalise_intensity(np.asarray(to_canonical(data, orientation), dtype=np.float32), name=str(path))
@@ -156,7 +189,9 @@ class _Job:
     target: Path
     volume: Volume
     tiles: torch.Tensor  # (S,1,t,t)
-    probs: torch.Tensor  # (S,t,t)
+    probs: torch.Tensor  # (S,t,t), or (S,C,t,t) for C > 1 structures
+    #: with a box file: (boxes (S*C,4) tile frame, keep (S*C,)), row s*C+c
+    prompts: tuple[torch.Tensor, torch.Tensor] | None = None
     filled: int = 0
 
 
@@ -168,17 +203,38 @@ def _write_overlay(path: Path, volume: Volume, mask: np.ndarray) -> None:
     fig = new_figure((3 * len(chosen), 3.2))
     axes = fig.subplots(1, len(chosen), squeeze=False)
     for ax, s in zip(axes[0], chosen):
-        image_panel(ax, volume.image[s], mask[s], title=f"{volume.case_id} slice {s}")
+        image = volume.image[s] if volume.image.ndim == 3 else volume.image[s].mean(-1)  # RGB: grey
+        image_panel(ax, image, mask[s], title=f"{volume.case_id} slice {s}")
     fig.tight_layout()
     write_bytes_atomic(path, png_bytes(fig, dpi=100))
 
 
-def _finish(job: _Job, theta2: float, overlays: bool) -> None:
+def _save_png(mask: np.ndarray, path: Path) -> None:
+    """An (H,W) mask or label map as a grey PNG (16-bit beyond 255) marked as ours (atomic)."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Description", MASK_DESCRIPTION)
+    buffer = io.BytesIO()
+    Image.fromarray(mask if mask.max(initial=0) <= 255 else mask.astype(np.uint16)).save(
+        buffer, format="PNG", pnginfo=info)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def _finish(job: _Job, theta2: float, overlays: bool, table: LabelTable) -> None:
     """Probabilities at the tile size -> the volume's in-plane size (bilinear) -> mask > theta2 ->
-    NIfTI with the input's affine and header (atomic)."""
-    size = tuple(job.volume.image.shape[1:])
-    mask = (resize_images(job.probs.unsqueeze(1), size)[:, 0] > theta2).numpy().astype(np.uint8)
-    save_like(job.volume, mask, job.target, description=MASK_DESCRIPTION)
+    NIfTI with the input's affine and header (atomic); C > 1 structures: their masks painted into
+    one label map with the table's values."""
+    size = tuple(job.volume.image.shape[1:3])
+    if job.probs.ndim == 3:
+        mask = (resize_images(job.probs.unsqueeze(1), size)[:, 0] > theta2).numpy().astype(np.uint8)
+    else:  # (S,C,t,t) -> (C,S,H,W) masks -> label map
+        masks = (resize_images(job.probs, size) > theta2).transpose(0, 1).numpy()
+        mask = table.paint(masks)
+    if is_2d_path(job.volume.image_path):
+        _save_png(mask[0], job.target)
+    else:
+        save_like(job.volume, mask, job.target, description=MASK_DESCRIPTION)
     if overlays:
         stem = re.sub(r"_mask$", "", _stem(job.target))
         _write_overlay(job.target.with_name(f"{stem}_overlay.png"), job.volume, mask)
@@ -187,12 +243,13 @@ def _finish(job: _Job, theta2: float, overlays: bool) -> None:
 # ----------------------------------------------------------------------------- the driver
 def predict(*, run: str | Path, inputs: str | Path | Sequence[str | Path], output: str | Path,
             overlays: bool = False, device: str = "auto", batch: int = DEFAULT_BATCH,
-            progress: bool = True) -> list[Path]:
+            progress: bool = True, boxes: str | Path | None = None) -> list[Path]:
     """Predicts every input volume with run folder ``run``; returns the written mask paths.
 
     inputs: a NIfTI file, a folder of them (see :func:`list_inputs`) or a list of files.
     output: a folder, or a .nii/.nii.gz file name when ``inputs`` is one file.
     batch: slices per step, a positive multiple of 4 (the tiles of a canvas).
+    boxes: a box file (see :mod:`sammed_fast.experiment.box_file`) replacing the segmenter's boxes.
     Raises ConfigError for bad arguments and a missing or incomplete run (before any work), and
     PredictionFailed after the other inputs were written when some inputs could not be read or
     written.
@@ -210,6 +267,9 @@ def predict(*, run: str | Path, inputs: str | Path | Sequence[str | Path], outpu
     check_outputs(files, targets)
     predictor = load_run_predictor(Path(run), device)
     t, theta2 = predictor.sam.tile_size, predictor.theta2
+    table = open_finished_run(Path(run))[1].label_table
+    channels = () if len(table) == 1 else (len(table),)
+    file_boxes = None if boxes is None else read_box_file(boxes, files, table.names)
 
     failed: dict[Path, str] = {}
     written: list[Path] = []
@@ -235,14 +295,22 @@ def predict(*, run: str | Path, inputs: str | Path | Sequence[str | Path], outpu
                 queue.pop(0)
             else:
                 queue[0] = (job, start + n)
-        probs = predictor.predict(torch.cat(parts)).probs
+        images = torch.cat(parts)
+        if file_boxes is None:
+            probs = predictor.predict(images).probs
+        else:  # rows s*C+c of the jobs' own prompts
+            C = len(table)
+            rows = [(job.prompts[0][start * C:(start + n) * C], job.prompts[1][start * C:(start + n) * C])
+                    for job, start, n in owners]
+            probs = predictor.decode(predictor.embed(images), torch.cat([r[0] for r in rows]),
+                                     torch.cat([r[1] for r in rows]), structures=C)
         offset = 0
         for job, start, n in owners:
             job.probs[start:start + n] = probs[offset:offset + n]
             job.filled, offset = job.filled + n, offset + n
             if job.filled == len(job.tiles):
                 try:
-                    _finish(job, theta2, overlays)
+                    _finish(job, theta2, overlays, table)
                 except (OSError, ValueError) as error:
                     fail(job.source, error)
                 else:
@@ -260,9 +328,12 @@ def predict(*, run: str | Path, inputs: str | Path | Sequence[str | Path], outpu
                 fail(source, error)
                 continue
             seen.add(target)
-            tiles = resize_images(torch.from_numpy(volume.image).unsqueeze(1), (t, t))
+            tiles = resize_images(slice_images(volume.image), (t, t))
+            prompts = None if file_boxes is None else tile_prompts(
+                file_boxes[source], slices=len(tiles), height=volume.image.shape[1],
+                width=volume.image.shape[2], structures=len(table), tile=t)
             queue.append((_Job(source=source, target=target, volume=volume, tiles=tiles,
-                               probs=torch.zeros(len(tiles), t, t)), 0))
+                               probs=torch.zeros(len(tiles), *channels, t, t), prompts=prompts), 0))
             while sum(len(job.tiles) - start for job, start in queue) >= batch:
                 step(batch)
         while queue:

@@ -20,6 +20,10 @@ __all__ = ["results_table", "write_results", "all_sources_table", "write_all_sou
 CASE_FIELDS = ("row", "split", "domain", "case_id", "dice3d", "dice2d_mean", "slices")
 
 
+def _count_word(n: int) -> str:
+    return {5: "five"}.get(n, str(n))
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.2f}"
 
@@ -37,6 +41,17 @@ def results_table(results: dict, metric: str = "dice3d") -> str:
     header = ["method", *(f"{d} (source test)" if d == source else d for d in columns), "target avg"]
     body = [[entry["label"], *(_pct(entry[metric][d]) for d in columns), _pct(entry[metric]["target_mean"])]
             for entry in results["rows"].values()]
+    return _table(header, body)
+
+
+def structures_table(results: dict, metric: str = "dice3d") -> str:
+    """Markdown table of a multi-structure run: one line per row and structure, one column per
+    domain, then the target mean (the rows' own numbers are the mean over the structures)."""
+    source, columns = results["source"], results["columns"]
+    header = ["method", "structure", *(f"{d} (source test)" if d == source else d for d in columns),
+              "target avg"]
+    body = [[entry["label"], name, *(_pct(s[metric][d]) for d in columns), _pct(s[metric]["target_mean"])]
+            for entry in results["rows"].values() for name, s in entry.get("structures", {}).items()]
     return _table(header, body)
 
 
@@ -79,6 +94,9 @@ def results_markdown(results: dict) -> str:
         f"theta2 {results['theta2']}, empty-box policy '{results['empty_box']}', seed {results['seed']}; "
         f"the decoder was fine-tuned with {results.get('decoder_prompts', 'filtered')} boxes.",
     ]
+    if "data_form" in results:  # a dataset description (the six-site release and synthetic set: prostate)
+        lines.append(f"Data: {results['data']} ({results['data_form']} description); structures "
+                     f"{results['labels']}.")
     lines += [f"**Note:** {note}." for note in results.get("notes", [])]
     for name, info in selection.items():
         lines.append(f"{name} selected on source val: epoch {info['best_epoch'] + 1}, "
@@ -87,6 +105,9 @@ def results_markdown(results: dict) -> str:
               "## Dice per 2D slice (%), pooled over each domain's slices where truth or "
               "prediction has prostate", "",
               results_table(results, "dice2d"), "",
+              *(["## Dice per 3D volume (%) of each structure (the tables above average them)", "",
+                 structures_table(results, "dice3d"), ""]
+                if all("structures" in e for e in results["rows"].values()) else []),
               *(["## Dice per 2x2 mosaic (%), the paper's own metric (secondary; not comparable "
                  "to the 3D Dice)", "", results_table(results, "dice_mosaic"), ""]
                 if all("dice_mosaic" in e for e in results["rows"].values()) else []),
@@ -134,7 +155,8 @@ def write_all_sources(out: Path, per_source: dict[str, dict]) -> None:
             entry[m]["avg"] = sum(entry[m].values()) / len(per_source)
     write_text_atomic(out / "results.json", json.dumps(summary, indent=2) + "\n")
     text = ["# sammed_fast: every source domain (the paper's Table 1 layout)", "",
-            "Each column trains on that domain and reports the mean Dice over the other five.", "",
+            f"Each column trains on that domain and reports the mean Dice over the other "
+            f"{_count_word(len(per_source) - 1)}.", "",
             "## Dice per 3D volume (%)", "", all_sources_table(per_source, "dice3d"), "",
             "## Dice per 2D slice (%)", "", all_sources_table(per_source, "dice2d"), ""]
     write_text_atomic(out / "results.md", "\n".join(text))

@@ -1,7 +1,8 @@
 """The volumes and slices of one run: the source domain's train/val/test split and every target.
 
 Splits are named "train", "val", "test" (the source domain, 70/10/20 by sorted case id) and by the
-letter of each target domain (every volume). Each split holds its volumes and a SliceDataset of
+name of each target domain (every volume): a letter of the six-site release or a domain of a
+dataset description (``--data`` a manifest or an nnU-Net folder, read by ``data.manifest``). Each split holds its volumes and a SliceDataset of
 all their slices at the tile size; slice i of a split is row i of every per-split tensor the stages
 write (predictions, boxes, embeddings).
 """
@@ -16,7 +17,8 @@ from sammed_fast.errors import ConfigError
 from sammed_fast.experiment.config import TrainConfig
 from sammed_fast.cache import default_cache_dir
 
-__all__ = ["Split", "RunData", "data_root", "check_data", "check_source_labels", "load_run_data",
+__all__ = ["Split", "RunData", "data_root", "check_data", "check_dataset", "read_domain",
+           "check_source_labels", "load_run_data",
            "SOURCE_SPLITS"]
 
 SOURCE_SPLITS = ("train", "val", "test")
@@ -56,7 +58,10 @@ def cache_dir(config: TrainConfig) -> Path:
 
 
 def data_root(config: TrainConfig, *, progress: bool = True) -> Path:
-    """The data folder: ``config.data``, or the synthetic set in the cache (written if missing)."""
+    """The data folder: ``config.data`` (also a dataset description), or the synthetic set in the
+    cache (written if missing)."""
+    if config.dataset is not None:
+        return Path(config.data)
     if config.data is not None:
         if not Path(config.data).is_dir():
             raise ConfigError(f"--data {config.data}: folder does not exist")
@@ -75,12 +80,35 @@ def data_root(config: TrainConfig, *, progress: bool = True) -> Path:
 
 
 def check_data(root: Path, domains: tuple[str, ...]) -> None:
-    """Every domain's folder exists and pairs images with labels (files are read later)."""
+    """Six-site layout: every domain's folder exists and pairs images with labels (files are read
+    later)."""
     for letter in domains:
         try:
             find_cases(root, letter)
         except (FileNotFoundError, ValueError) as error:
             raise ConfigError(f"--data: {error}") from error
+
+
+def check_dataset(config: TrainConfig, *, progress: bool = False) -> None:
+    """The data of ``config`` before any training: a dataset description is validated (every
+    problem of every case, each naming its file, in one ConfigError); the six-site release's
+    folders are checked for the run's domains."""
+    if config.dataset is not None:
+        config.dataset.validate(progress=progress)
+    elif config.data is not None:
+        if not Path(config.data).is_dir():
+            raise ConfigError(f"--data {config.data}: folder does not exist")
+        check_data(Path(config.data), (config.source, *config.target_domains))
+
+
+def read_domain(config: TrainConfig, root: Path, domain: str, *, progress: bool = True) -> list[Volume]:
+    """The volumes of one domain, from the description or the six-site layout under ``root``."""
+    try:
+        if config.dataset is not None:
+            return config.dataset.read(domain, progress=progress)
+        return load_domain(root, domain, progress=progress)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"--data: {error}") from error
 
 
 def check_source_labels(train: list[Volume], source: str) -> None:
@@ -95,21 +123,21 @@ def check_source_labels(train: list[Volume], source: str) -> None:
 
 def load_run_data(config: TrainConfig, root: Path, *, progress: bool = True) -> RunData:
     """Reads and normalises the source and target volumes and slices them at the tile size."""
-    def read(letter: str) -> list[Volume]:
-        try:
-            return load_domain(root, letter, progress=progress)
-        except (FileNotFoundError, ValueError) as error:
-            raise ConfigError(f"--data: {error}") from error
+    def read(domain: str) -> list[Volume]:
+        return read_domain(config, root, domain, progress=progress)
 
     try:
         parts = split_source(read(config.source))
     except ValueError as error:
         raise ConfigError(f"source domain {config.source}: {error}") from error
     check_source_labels(parts["train"], config.source)
-    parts.update({letter: read(letter) for letter in config.target_domains})
+    parts.update({domain: read(domain) for domain in config.target_domains})
     splits = {}
     for name, volumes in parts.items():
         domain = config.source if name in SOURCE_SPLITS else name
-        splits[name] = Split(name=name, domain=domain, volumes=volumes,
-                             slices=SliceDataset(volumes, tile_size=config.tile_size))
+        try:
+            slices = SliceDataset(volumes, tile_size=config.tile_size)
+        except ValueError as error:  # grey and RGB images mixed, say
+            raise ConfigError(f"--data {config.data}: split {name}: {error}") from error
+        splits[name] = Split(name=name, domain=domain, volumes=volumes, slices=slices)
     return RunData(source=config.source, targets=tuple(config.target_domains), splits=splits)

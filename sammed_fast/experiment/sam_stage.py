@@ -1,7 +1,8 @@
 """Stage 4: SAM mask-decoder fine-tuning (the predictor's SAM; its decoding is ``Predictor.decode``).
 
 Only the mask decoder trains (image and prompt encoders frozen), with Dice + BCE on logits, Adam,
-on the source train slices prompted with the segmenter's FILTERED boxes (the paper; another kind
+on the source train slices (one box per structure: row i*C+c decodes slice i's tile) prompted
+with the segmenter's FILTERED boxes (the paper; another kind
 with ``decoder_prompts``, for the Table 3 ablation), against their labels at the tile size.
 Optional box noise (each side moved by up to box_noise of the box's extent, inward or outward) and
 box jitter (each side 0..box_jitter px outward) are applied at training time only, drawn from the
@@ -22,7 +23,7 @@ from torch import nn
 from sammed_fast.experiment import distributed
 from sammed_fast.experiment.boxes_stage import load_boxes
 from sammed_fast.method.predictor import Predictor
-from sammed_fast.method.prompts import jitter_boxes, noise_boxes
+from sammed_fast.method.prompts import jitter_boxes, noise_boxes, structure_rows
 from sammed_fast.experiment.config import TrainConfig
 from sammed_fast.experiment.seeding import epoch_generator, seed_everything, stage_seed
 from sammed_fast.experiment.embedding_cache import EmbeddingCache
@@ -75,7 +76,8 @@ def train_decoder(run: RunFolder, data: RunData, config: TrainConfig, predictor:
                 "decoder has nothing to train on and keeps its initial weights")
     embeddings = cache.get("train").to(device)
     val_embeddings = cache.get("val")
-    labels = train.slices.labels
+    structures = train.slices.structures  # box row i*C+c: slice i, structure c
+    labels = train.slices.labels if structures == 1 else structure_rows(train.slices.labels).unsqueeze(1)
 
     def train_epoch(epoch: int) -> float | None:
         generator = epoch_generator(config.seed, "decoder", epoch)
@@ -89,7 +91,8 @@ def train_decoder(run: RunFolder, data: RunData, config: TrainConfig, predictor:
             index = rows[batch]
             boxes = noise_boxes(train_boxes[index], config.box_noise, config.tile_size, generator)
             boxes = jitter_boxes(boxes, config.box_jitter, config.tile_size, generator)
-            logits = decode(embeddings, boxes.to(device), index.to(device))
+            tiles = index if structures == 1 else torch.div(index, structures, rounding_mode="floor")
+            logits = decode(embeddings, boxes.to(device), tiles.to(device))
             loss = dice_bce_loss(logits, labels[index].float().to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -98,7 +101,7 @@ def train_decoder(run: RunFolder, data: RunData, config: TrainConfig, predictor:
         return total / count if count else None
 
     def validate() -> float:
-        probs = predictor.decode(val_embeddings, val_boxes, val_keep)
+        probs = predictor.decode(val_embeddings, val_boxes, val_keep, structures=structures)
         return mean_volume_dice(val, probs, threshold=config.theta2)
 
     return fit(run=run, name="decoder", module=model.sam.mask_decoder, optimizer=optimizer,

@@ -7,6 +7,10 @@ to each volume's own grid (bilinear for probabilities, nearest for masks), are t
 where both prediction and truth are empty get a per-slice Dice of NaN and are left out of 2D means
 (they would otherwise count as perfect and hide failures on prostate slices).
 
+With C > 1 structures (values (N,C,t,t)) every structure is scored on its own against its mask
+(``data.slices.structure_masks``); a case's dice3d is the mean over its structures, its dice2d the
+per-slice values of every structure, and ``CaseScore.structures`` holds the per-structure scores.
+
 Under torchrun each rank scores a share of the volumes and every rank gets every score.
 """
 from __future__ import annotations
@@ -18,8 +22,10 @@ from typing import Sequence
 import torch
 
 from sammed_fast.data import Volume, VolumeAssembler
+from sammed_fast.data.slices import structure_masks
 from sammed_fast.experiment import distributed
 from sammed_fast.experiment.run_data import Split
+from sammed_fast.method.prompts import structure_count
 from sammed_fast.metrics import dice_per_slice, dice_per_volume
 
 __all__ = ["CaseScore", "assemble", "score_split", "mean_volume_dice"]
@@ -31,6 +37,9 @@ class CaseScore:
     case_id: str
     dice3d: float  # Dice of the whole volume
     dice2d: tuple[float, ...]  # Dice of each slice; NaN where prediction and truth are both empty
+    #: C > 1 structures: the score of each structure (dice3d is their mean, dice2d their values
+    #: one structure after the other); empty for a single structure
+    structures: tuple["CaseScore", ...] = ()
 
     @property
     def dice2d_mean(self) -> float:
@@ -49,6 +58,13 @@ def assemble(split: Split, values: torch.Tensor) -> VolumeAssembler:
     return assembler
 
 
+def _structures_score(volume: Volume, scores: Sequence[CaseScore]) -> CaseScore:
+    """One case's score over its structures: mean dice3d, every structure's per-slice Dice."""
+    return CaseScore(domain=volume.domain, case_id=volume.case_id,
+                     dice3d=sum(s.dice3d for s in scores) / len(scores),
+                     dice2d=tuple(v for s in scores for v in s.dice2d), structures=tuple(scores))
+
+
 def _case_score(volume: Volume, pred: torch.Tensor, label: torch.Tensor) -> CaseScore:
     """Scores of one volume's (S,H,W) bool prediction against its (S,H,W) bool label."""
     return CaseScore(domain=volume.domain, case_id=volume.case_id,
@@ -58,16 +74,34 @@ def _case_score(volume: Volume, pred: torch.Tensor, label: torch.Tensor) -> Case
 
 def score_split(split: Split, values: torch.Tensor, *, thresholds: Sequence[float],
                 mode: str = "bilinear") -> dict[float, list[CaseScore]]:
-    """{threshold: [CaseScore of every volume of the split]}; mode "bilinear" for probabilities,
-    "nearest" for masks."""
-    assembler = assemble(split, values)
+    """{threshold: [CaseScore of every volume of the split]}; values (N,t,t) or (N,1,t,t), or
+    (N,C,t,t) for C > 1 structures; mode "bilinear" for probabilities, "nearest" for masks."""
     thresholds = list(dict.fromkeys(float(t) for t in thresholds))
+    if structure_count(values) > 1:
+        return _score_structures(split, values, thresholds=thresholds, mode=mode)
+    assembler = assemble(split, values)
 
     def score_volume(volume: Volume) -> list[CaseScore]:
         """One CaseScore per threshold."""
         stack = assembler.volume(volume.key, mode=mode)
         label = torch.from_numpy(volume.label).bool()
         return [_case_score(volume, stack > t, label) for t in thresholds]
+
+    per_volume = distributed.map_sharded(score_volume, split.volumes)
+    return {t: [scores[i] for scores in per_volume] for i, t in enumerate(thresholds)}
+
+
+def _score_structures(split: Split, values: torch.Tensor, *, thresholds: list[float],
+                      mode: str) -> dict[float, list[CaseScore]]:
+    """score_split for values (N,C,t,t): each structure against its own mask, then combined."""
+    assemblers = [assemble(split, values[:, c]) for c in range(values.shape[1])]
+
+    def score_volume(volume: Volume) -> list[CaseScore]:
+        truths = torch.from_numpy(structure_masks(volume)).bool()
+        stacks = [assembler.volume(volume.key, mode=mode) for assembler in assemblers]
+        return [_structures_score(volume, [_case_score(volume, stack > t, truth)
+                                           for stack, truth in zip(stacks, truths)])
+                for t in thresholds]
 
     per_volume = distributed.map_sharded(score_volume, split.volumes)
     return {t: [scores[i] for scores in per_volume] for i, t in enumerate(thresholds)}

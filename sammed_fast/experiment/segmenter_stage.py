@@ -1,7 +1,7 @@
 """Stage 1: the coarse segmenter. Trained on the source train split with Dice + BCE (Adam), selected
 on the source VALIDATION split's per-volume Dice only (never on target data); then its
 probabilities for every slice of every split are stored in ``predictions/<split>.pt``
-({"probs": float16 (N,t,t), "keys": [(domain, case, slice)]}).
+({"probs": float16 (N,t,t), or (N,C,t,t) for C > 1 structures, "keys": [(domain, case, slice)]}).
 
 Under torchrun the segmenter trains in DistributedDataParallel, each rank on its share of every
 epoch's batches (``segmenter_batch`` slices per rank per step), and the probabilities are computed
@@ -41,7 +41,8 @@ CROSSFIT = "train_crossfit"
 def build_run_segmenter(config: TrainConfig) -> Segmenter:
     """The configured segmenter, from scratch or from ``config.segmenter_weights``."""
     try:
-        return build_segmenter(config.segmenter, weights=config.segmenter_weights)
+        return build_segmenter(config.segmenter, weights=config.segmenter_weights,
+                               structures=len(config.label_table), in_channels=config.image_channels)
     except (FileNotFoundError, ValueError) as error:
         flag = "--segmenter-weights" if config.segmenter_weights is not None else "--segmenter"
         raise ConfigError(f"{flag}: {error}") from error
@@ -122,10 +123,12 @@ def crossfit_probs(run: RunFolder, data: RunData, config: TrainConfig, device: t
     each fold's slices predicted by the segmenter that did not train on that fold."""
     train = data.splits["train"]
     folds = crossfit_folds(train.volumes, config.folds)
-    out = torch.zeros(len(train), config.tile_size, config.tile_size)
+    channels = () if len(config.label_table) == 1 else (len(config.label_table),)
+    out = torch.zeros(len(train), *channels, config.tile_size, config.tile_size)
     row_of = {key: row for row, key in enumerate(train.keys)}
     for k, fold in enumerate(folds):
-        model = build_segmenter(config.segmenter)
+        model = build_segmenter(config.segmenter, structures=len(config.label_table),
+                                in_channels=config.image_channels)
         run.load_best_weights(fold_name(k), model)
         part = Split(name=f"train_fold{k}", domain=train.domain, volumes=fold,
                      slices=SliceDataset(fold, tile_size=config.tile_size))
@@ -136,7 +139,8 @@ def crossfit_probs(run: RunFolder, data: RunData, config: TrainConfig, device: t
 
 def load_segmenter(run: RunFolder, config: TrainConfig, device: torch.device) -> Segmenter:
     """The selected segmenter of a run (checkpoints/segmenter_best.pt)."""
-    model = build_segmenter(config.segmenter)
+    model = build_segmenter(config.segmenter, structures=len(config.label_table),
+                            in_channels=config.image_channels)
     run.load_best_weights("segmenter", model)
     return model.to(device).eval()
 
@@ -163,7 +167,7 @@ def predict_splits(run: RunFolder, data: RunData, predictor: Predictor, device: 
 
 
 def load_predictions(run: RunFolder, split: Split, *, name: str | None = None) -> torch.Tensor:
-    """float32 (N,t,t) probabilities of ``split`` (``name``: another file of its slices, e.g. the
+    """float32 (N,t,t) (or (N,C,t,t): C structures) probabilities of ``split`` (``name``: another file of its slices, e.g. the
     cross-fitted ``train_crossfit``); checks that they belong to its slices."""
     path = run.paths.predictions(name or split.name)
     stored = load_torch(path)

@@ -9,8 +9,10 @@ __all__ = ["dice_bce_loss"]
 
 
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean soft Dice loss per image plus mean BCE; logits and target (B,1,h,w)."""
-    probs = torch.sigmoid(logits).flatten(1)
-    flat = target.flatten(1)
-    dice = (2 * (probs * flat).sum(1) + 1) / (probs.sum(1) + flat.sum(1) + 1)
+    """Mean soft Dice loss per image and structure plus mean BCE; logits and target (B,C,h,w)
+    (C structures, each its own sigmoid)."""
+    start = 2 if logits.shape[1] > 1 else 1  # one structure: (B,1,h,w) flattened per image
+    probs = torch.sigmoid(logits).flatten(start)
+    flat = target.flatten(start)
+    dice = (2 * (probs * flat).sum(-1) + 1) / (probs.sum(-1) + flat.sum(-1) + 1)
     return (1 - dice).mean() + F.binary_cross_entropy_with_logits(logits, target)

@@ -23,7 +23,7 @@ from typing import Callable, Sequence, TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from sammed_fast.method.prompts import BoxPrompter
+from sammed_fast.method.prompts import BoxPrompter, structure_count
 from sammed_fast.models import Segmenter, TiledSam
 
 __all__ = ["STORED_DTYPE", "SEGMENTER_THRESHOLD", "Prediction", "Predictor", "coarse_probs", "map_batches"]
@@ -52,23 +52,27 @@ def map_batches(fn: Callable[[Item], T], items: Sequence[Item], *, desc: str = "
 def coarse_probs(segmenter: Segmenter, images: torch.Tensor, device: torch.device, *,
                  progress: bool = False, desc: str = "segmenter", mapper: MapBatches = map_batches
                  ) -> torch.Tensor:
-    """Sigmoid probabilities of the segmenter, float32 (B,t,t) on the CPU, at full precision (the
-    validation score that selects the segmenter's epoch uses these)."""
+    """Sigmoid probabilities of the segmenter, float32 (B,t,t) on the CPU for one structure,
+    (B,C,t,t) for C > 1 (``segmenter.structures``), at full precision (the validation score that
+    selects the segmenter's epoch uses these)."""
     segmenter.eval()
+    channels = () if segmenter.structures == 1 else (segmenter.structures,)
 
     def batch(start: int) -> torch.Tensor:
         logits = segmenter(images[start:start + SEGMENTER_BATCH].to(device))
-        return torch.sigmoid(logits.float())[:, 0].cpu()
+        probs = torch.sigmoid(logits.float())
+        return (probs[:, 0] if not channels else probs).cpu()
 
     out = mapper(batch, range(0, len(images), SEGMENTER_BATCH), desc=desc, unit="batch", progress=progress)
-    return torch.cat(out) if out else torch.zeros(0, *images.shape[-2:])
+    return torch.cat(out) if out else torch.zeros(0, *channels, *images.shape[-2:])
 
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
     """What the method makes of B slices: coarse (B,t,t) and probs (B,t,t) float32 probabilities,
     boxes (B,4) the SAM prompts (tile frame, inclusive xyxy) and keep (B,) bool (False: no box,
-    the slice's mask is empty and SAM was not called)."""
+    the slice's mask is empty and SAM was not called). With C > 1 structures: coarse and probs
+    (B,C,t,t), boxes (B*C,4) and keep (B*C,), row i*C+c for slice i, structure c."""
 
     coarse: torch.Tensor
     boxes: torch.Tensor
@@ -99,14 +103,15 @@ class Predictor:
 
     # ------------------------------------------------------------------ the steps
     def coarse(self, images: torch.Tensor, *, progress: bool = False, desc: str = "segmenter") -> torch.Tensor:
-        """(B,1,t,t) z-scored slices -> coarse probabilities (B,t,t) float32 on the CPU, rounded
-        to STORED_DTYPE."""
+        """(B,1,t,t) z-scored slices -> coarse probabilities (B,t,t), or (B,C,t,t) for C > 1
+        structures, float32 on the CPU, rounded to STORED_DTYPE."""
         probs = coarse_probs(self._need("segmenter"), images, self.device, progress=progress, desc=desc,
                              mapper=self.mapper)
         return probs.to(STORED_DTYPE).float()
 
     def boxes(self, coarse: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Every prompt kind for coarse probabilities (B,t,t) (``BoxPrompter.boxes``)."""
+        """Every prompt kind for coarse probabilities (B,t,t) or (B,C,t,t) (``BoxPrompter.boxes``:
+        row i*C+c for slice i, structure c)."""
         return self.prompter.boxes(coarse, labels)
 
     @torch.no_grad()
@@ -124,9 +129,11 @@ class Predictor:
 
     @torch.no_grad()
     def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor, keep: torch.Tensor, *,
-               progress: bool = False, desc: str = "SAM decoder") -> torch.Tensor:
+               structures: int = 1, progress: bool = False, desc: str = "SAM decoder") -> torch.Tensor:
         """SAM probabilities (N,t,t) float32 on the CPU for slices prompted with ``boxes`` (N,4);
-        slice i's embedding is canvas i // 4 of ``embeddings``; slices with keep False get 0."""
+        slice i's embedding is canvas i // 4 of ``embeddings``; slices with keep False get 0.
+        With C = ``structures`` > 1, ``boxes`` (N*C,4) holds row i*C+c for slice i, structure c
+        (one mask per box, slice i's tile) and the probabilities are (N,C,t,t)."""
         sam = self._need("sam").eval()
         t = sam.tile_size
         out = torch.zeros(boxes.shape[0], t, t)
@@ -134,18 +141,19 @@ class Predictor:
         embeddings = embeddings.to(self.device)
 
         def chunk_probs(chunk: torch.Tensor) -> torch.Tensor:
-            logits = sam.decode(embeddings, boxes[chunk].to(self.device), chunk.to(self.device))
+            tiles = chunk if structures == 1 else torch.div(chunk, structures, rounding_mode="floor")
+            logits = sam.decode(embeddings, boxes[chunk].to(self.device), tiles.to(self.device))
             return torch.sigmoid(logits.float())[:, 0].cpu()
 
         probs = self.mapper(chunk_probs, chunks, desc=desc, unit="batch", progress=progress)
         for chunk, chunk_out in zip(chunks, probs):
             out[chunk] = chunk_out
-        return out
+        return out if structures == 1 else out.reshape(-1, structures, t, t)
 
     # ------------------------------------------------------------------ all of it
     def predict(self, images: torch.Tensor, *, kind: str = "filtered") -> Prediction:
         """The whole method on (B,1,t,t) z-scored slices (4 per canvas, in order)."""
         coarse = self.coarse(images)
         boxes, keep = self.prompter.prompts(self.boxes(coarse), kind)
-        probs = self.decode(self.embed(images), boxes, keep)
+        probs = self.decode(self.embed(images), boxes, keep, structures=structure_count(coarse))
         return Prediction(coarse=coarse, boxes=boxes, keep=keep, probs=probs)

@@ -20,10 +20,21 @@ from sammed_fast import ops
 from sammed_fast.ops import reference
 
 __all__ = ["PROMPT_KINDS", "EMPTY_BOX_POLICIES", "BoxPrompter", "mask_boxes", "compute_boxes", "prompts_for",
-           "jitter_boxes", "noise_boxes", "ellipse_in_boxes"]
+           "jitter_boxes", "noise_boxes", "ellipse_in_boxes", "structure_count", "structure_rows"]
 
 PROMPT_KINDS = ("whole", "unfiltered", "filtered", "gt", "crossfit")
 EMPTY_BOX_POLICIES = ("skip", "full")
+
+
+def structure_count(values: torch.Tensor) -> int:
+    """C of per-slice values: 1 for (N,t,t), C for (N,C,t,t) (a multi-structure run)."""
+    return 1 if values.ndim == 3 else values.shape[1]
+
+
+def structure_rows(values: torch.Tensor) -> torch.Tensor:
+    """(N,C,t,t) per-structure values -> (N*C,t,t), row i*C+c for slice i, structure c (the rows of
+    a multi-structure run's boxes); (N,t,t) unchanged."""
+    return values if values.ndim == 3 else values.reshape(-1, *values.shape[-2:])
 
 
 def mask_boxes(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +76,12 @@ class BoxPrompter:
             raise ValueError(f"empty_box must be one of {EMPTY_BOX_POLICIES}, got {self.empty_box!r}")
 
     def boxes(self, probs: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Every prompt kind (see :func:`compute_boxes`) for probs (N,t,t), in chunks of slices."""
+        """Every prompt kind (see :func:`compute_boxes`) for probs (N,t,t), in chunks of slices; for
+        C > 1 structures probs and labels (N,C,t,t) give N*C rows, row i*C+c for slice i,
+        structure c (a structure absent from a slice gets an empty box)."""
+        if probs.ndim == 4:
+            probs = structure_rows(probs)
+            labels = None if labels is None else structure_rows(labels)
         if len(probs) == 0:
             return compute_boxes(probs, labels, theta1=self.theta1, downscale=self.downscale)
         parts = [compute_boxes(probs[i:i + self.chunk], None if labels is None else labels[i:i + self.chunk],

@@ -1,6 +1,8 @@
 """Registry of coarse segmenters (stage 1): ResNet-based networks, (B,1,H,W) slices -> logits.
 
-Inputs are z-scored single-channel slices (B,1,H,W); outputs are logits (B,1,H,W) at the input size.
+Inputs are z-scored single-channel slices (B,1,H,W); outputs are logits (B,C,H,W) at the input size,
+one channel per structure (``structures`` C, default 1; structures may overlap: each channel is its
+own sigmoid).
 Nothing is downloaded: networks start from scratch unless a local weights file is given, which may
 be a state dict of the segmenter itself or, where the architecture allows, torchvision's own
 checkpoints (an ImageNet ResNet backbone, or DeepLabV3-ResNet50 with another number of classes).
@@ -30,12 +32,20 @@ DEFAULT_SEGMENTER = "resnet18_lite"
 
 
 class Segmenter(nn.Module):
-    """Base class: checks the input and maps (B,1,H,W) z-scored slices to logits (B,1,H,W)."""
+    """Base class: checks the input and maps (B,K,H,W) z-scored slices (K = ``in_channels``: 1
+    grey, 3 RGB) to logits (B,C,H,W), C = ``structures``."""
+
+    structures: int = 1
+    in_channels: int = 1
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4 or images.shape[1] != 1:
-            raise ValueError(f"images must be (B,1,H,W) slices, got {tuple(images.shape)}")
+        if images.ndim != 4 or images.shape[1] != self.in_channels:
+            raise ValueError(f"images must be (B,{self.in_channels},H,W) slices, got {tuple(images.shape)}")
         return self.logits(images)
+
+    def as_rgb(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,K,H,W) -> (B,3,H,W) for an ImageNet-shaped encoder: grey repeated, RGB as it is."""
+        return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -58,12 +68,12 @@ class UNetDecoder(nn.Module):
     """Light U-Net decoder: from the coarsest feature up, upsample x2 (bilinear), concatenate the
     next finer skip, one 3x3 conv-BN-ReLU; then a 1x1 head. features are ordered fine to coarse."""
 
-    def __init__(self, *, channels: list[int]) -> None:
+    def __init__(self, *, channels: list[int], structures: int = 1) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
             conv_bn_relu(coarse + fine, fine) for fine, coarse in zip(channels[:-1], channels[1:])
         )
-        self.head = nn.Conv2d(channels[0], 1, 1)
+        self.head = nn.Conv2d(channels[0], structures, 1)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         x = features[-1]
@@ -76,16 +86,17 @@ class UNetDecoder(nn.Module):
 class ResNet18Lite(Segmenter):
     """ResNet-18 layout at 1/4 width (16..128 channels) with a full-resolution stem; ~0.8M params."""
 
-    def __init__(self, *, width: int = 16) -> None:
+    def __init__(self, *, width: int = 16, structures: int = 1, in_channels: int = 1) -> None:
         super().__init__()
+        self.structures, self.in_channels = structures, in_channels
         widths = [width // 2, width, 2 * width, 4 * width, 8 * width]
-        self.stem = conv_bn_relu(1, widths[0])
+        self.stem = conv_bn_relu(in_channels, widths[0])
         stages = []
         for in_ch, out_ch in zip(widths[:-1], widths[1:]):
             downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=2, bias=False), nn.BatchNorm2d(out_ch))
             stages.append(nn.Sequential(BasicBlock(in_ch, out_ch, 2, downsample), BasicBlock(out_ch, out_ch)))
         self.stages = nn.ModuleList(stages)
-        self.decoder = UNetDecoder(channels=widths)
+        self.decoder = UNetDecoder(channels=widths, structures=structures)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         features = [self.stem(images)]
@@ -97,15 +108,16 @@ class ResNet18Lite(Segmenter):
 class ResNet18UNet(Segmenter):
     """torchvision ResNet-18 encoder (gray repeated to RGB) with the light U-Net decoder."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, structures: int = 1, in_channels: int = 1) -> None:
         super().__init__()
+        self.structures, self.in_channels = structures, in_channels
         self.encoder = resnet18(weights=None)
         self.encoder.fc = nn.Identity()  # unused; keeps ImageNet checkpoints' keys loadable
-        self.decoder = UNetDecoder(channels=[64, 64, 128, 256, 512])
+        self.decoder = UNetDecoder(channels=[64, 64, 128, 256, 512], structures=structures)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         e = self.encoder
-        x = e.relu(e.bn1(e.conv1(images.expand(-1, 3, -1, -1))))
+        x = e.relu(e.bn1(e.conv1(self.as_rgb(images))))
         features = [x]
         x = e.maxpool(x)
         for layer in (e.layer1, e.layer2, e.layer3, e.layer4):
@@ -121,12 +133,14 @@ class ResNet18UNet(Segmenter):
 class DeepLabV3ResNet50(Segmenter):
     """torchvision DeepLabV3-ResNet50 (output stride 8), one output channel, gray repeated to RGB."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, structures: int = 1, in_channels: int = 1) -> None:
         super().__init__()
-        self.net = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=1, aux_loss=False)
+        self.structures, self.in_channels = structures, in_channels
+        self.net = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=structures,
+                                      aux_loss=False)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images.expand(-1, 3, -1, -1))["out"]
+        return self.net(self.as_rgb(images))["out"]
 
     def foreign_formats(self):
         return [
@@ -136,7 +150,7 @@ class DeepLabV3ResNet50(Segmenter):
         ]
 
 
-SEGMENTERS: dict[str, Callable[[], Segmenter]] = {
+SEGMENTERS: dict[str, Callable[..., Segmenter]] = {
     "deeplabv3_resnet50": DeepLabV3ResNet50,
     "resnet18_unet": ResNet18UNet,
     "resnet18_lite": ResNet18Lite,
@@ -189,11 +203,18 @@ def load_segmenter_weights(model: Segmenter, path: str | os.PathLike) -> str:
     )
 
 
-def build_segmenter(name: str = DEFAULT_SEGMENTER, *, weights: str | os.PathLike | None = None) -> Segmenter:
-    """A coarse segmenter by registry name, randomly initialised or loaded from a local file."""
+def build_segmenter(name: str = DEFAULT_SEGMENTER, *, weights: str | os.PathLike | None = None,
+                    structures: int = 1, in_channels: int = 1) -> Segmenter:
+    """A coarse segmenter by registry name with one output channel per structure, taking
+    ``in_channels`` image channels (1 grey, 3 RGB), randomly initialised or loaded from a local
+    file."""
     if name not in SEGMENTERS:
         raise ValueError(f"unknown segmenter {name!r}; choose one of {', '.join(SEGMENTERS)}")
-    model = SEGMENTERS[name]()
+    if isinstance(structures, bool) or not isinstance(structures, int) or structures < 1:
+        raise ValueError(f"structures must be a positive int, got {structures!r}")
+    if in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels!r}")
+    model = SEGMENTERS[name](structures=structures, in_channels=in_channels)
     if weights is not None:
         load_segmenter_weights(model, weights)
     return model

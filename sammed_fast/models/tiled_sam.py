@@ -146,12 +146,15 @@ class TiledSam(nn.Module):
 
     def _check_slices(self, images: torch.Tensor) -> None:
         t = self.tile_size
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1:] != (1, t, t):
+        if (not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3)
+                or images.shape[2:] != (t, t)):
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"images must be (B,1,{t},{t}) slices, got {shape}")
+            raise ValueError(f"images must be (B,1,{t},{t}) grey or (B,3,{t},{t}) RGB slices, got {shape}")
 
     def canvases(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,1,t,t) z-scored slices -> SAM-normalised canvases (ceil(B/g^2),3,S,S) float32."""
+        """(B,1,t,t) z-scored slices, or (B,3,t,t) RGB images (min-max scaled over all three
+        channels, so colours keep their relations) -> SAM-normalised canvases (ceil(B/g^2),3,S,S)
+        float32."""
         self._check_slices(images)
         x = scale_to_uint8_range(images)
         if self.mode == "resize" and x.shape[0]:
