@@ -43,6 +43,14 @@ def tiny(manifest: Path, out: Path, **changes) -> TrainConfig:
 
 
 # --------------------------------------------------------------------------- the config
+@pytest.fixture
+def one_thread_cpu():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_domains_are_the_description_names(manifest, tmp_path):
     config = tiny(manifest, tmp_path / "run", targets=None).resolved()
     assert config.data_form == "json" and config.domains == ("siteA", "siteB", "siteC")
@@ -250,6 +258,21 @@ def test_rgb_images_stay_rgb_into_the_segmenter_and_sam(tmp_path):
     with pytest.raises(ValueError, match="mix grey and RGB"):
         SliceDataset([volumes[0], dataclasses.replace(volumes[1], image=volumes[1].image.mean(-1))],
                      tile_size=32)
+
+
+def test_rgb_slices_at_their_own_size_train_as_plain_contiguous_tensors(tmp_path, one_thread_cpu):
+    """At a tile equal to the image size no resize copies the slices: they must still not be the
+    channels-last view of the (H,W,3) file (torch 2.14's CPU backward crashed on it), and a training
+    step over them runs."""
+    from sammed_fast.data.synthetic_manifest import write_synthetic_2d
+    from sammed_fast.method.losses import dice_bce_loss
+
+    description = describe_dataset(write_synthetic_2d(tmp_path / "fundus", cases_per_domain=2))
+    slices = SliceDataset(description.read("cam1"), tile_size=64)  # cam1 images are 64 x 64
+    assert slices.images.shape == (2, 3, 64, 64) and slices.images.is_contiguous()
+    model = build_segmenter("resnet18_lite", structures=2, in_channels=3)
+    dice_bce_loss(model(slices.images), slices.labels.float()).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 def test_a_run_on_rgb_images_scores_each_image(tmp_path, capsys):

@@ -34,9 +34,11 @@ def structure_masks(volume: Volume) -> np.ndarray:
 
 
 def slice_images(image: np.ndarray) -> torch.Tensor:
-    """A volume's image as slices: (S,H,W) -> (S,1,H,W), an RGB (S,H,W,3) -> (S,3,H,W); float32."""
+    """A volume's image as slices: (S,H,W) -> (S,1,H,W), an RGB (S,H,W,3) -> (S,3,H,W); float32,
+    contiguous (a channels-last view would reach the models as such: on torch 2.14's CPU, a
+    resnet18_lite backward pass over channels-last 64 px input crashed the process)."""
     slices = torch.from_numpy(np.ascontiguousarray(image)).float()
-    return slices.unsqueeze(1) if slices.ndim == 3 else slices.permute(0, 3, 1, 2)
+    return slices.unsqueeze(1) if slices.ndim == 3 else slices.permute(0, 3, 1, 2).contiguous()
 
 
 def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -16,7 +16,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from sammed_fast.atomic import write_text_atomic
 from sammed_fast.errors import ConfigError
@@ -90,28 +90,29 @@ def is_description(path: Path) -> bool:
     return path.suffix.lower() in (".csv", ".json") or (path / "dataset.json").is_file()
 
 
+def _checked_domains(domains: tuple[str, ...], name: str, known: Sequence[str], *, what: str,
+                     known_as: str) -> tuple[str, ...]:
+    """``domains`` when each is one of ``known`` and none repeats, else a ConfigError naming the
+    option (``what``: "domain" or "domain letter"; ``known_as``: how the message lists ``known``)."""
+    bad = [v for v in domains if v not in known]
+    if bad or not domains:
+        raise ConfigError(f"{name}: unknown {what}(s) {bad or '(none given)'}; {known_as} "
+                          f"{', '.join(known) or '(none)'}")
+    if len(set(domains)) != len(domains):
+        raise ConfigError(f"{name}: {what}s repeat: {' '.join(domains)}")
+    return domains
+
+
 def _names(value: Any, name: str, description: DatasetDescription) -> tuple[str, ...]:
     """Domain names of a dataset description; unknown or repeated names -> ConfigError."""
-    names = tuple(_tokens(value))
-    bad = [v for v in names if v not in description.domains]
-    if bad or not names:
-        raise ConfigError(f"{name}: unknown domain(s) {bad or '(none given)'}; --data "
-                          f"{description.source} has domains {', '.join(description.domains) or '(none)'}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{name}: domains repeat: {' '.join(names)}")
-    return names
+    return _checked_domains(tuple(_tokens(value)), name, description.domains, what="domain",
+                            known_as=f"--data {description.source} has domains")
 
 
 def _letters(value: Any, name: str) -> tuple[str, ...]:
     """'BC', 'B,C', 'b c' or ['B', 'C'] -> ('B', 'C'); unknown or repeated letters -> ConfigError."""
     letters = tuple(c.upper() for token in _tokens(value) for c in token)
-    bad = [v for v in letters if v not in DOMAINS]
-    if bad or not letters:
-        raise ConfigError(f"{name}: unknown domain letter(s) {bad or '(none given)'}; "
-                          f"choose from {', '.join(DOMAINS)}")
-    if len(set(letters)) != len(letters):
-        raise ConfigError(f"{name}: domain letters repeat: {''.join(letters)}")
-    return letters
+    return _checked_domains(letters, name, tuple(DOMAINS), what="domain letter", known_as="choose from")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -24,7 +24,7 @@ from sammed_fast.experiment import distributed
 from sammed_fast.errors import ConfigError
 from sammed_fast.experiment.run_folder import RunFolder
 
-__all__ = ["FitResult", "TrainingDiverged", "fit", "shuffled_batches"]
+__all__ = ["EpochLoss", "FitResult", "TrainingDiverged", "fit", "shuffled_batches"]
 
 
 class TrainingDiverged(ConfigError):
@@ -132,3 +132,23 @@ def shuffled_batches(n: int, batch: int, generator: torch.Generator, *, rank: in
     if len(chunks) > 1 and len(chunks[-1]) == 1:
         chunks[-2:] = [torch.cat(chunks[-2:])]
     return chunks
+
+
+class EpochLoss:
+    """Optimiser steps of one epoch and their mean loss, weighted by batch size."""
+
+    def __init__(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, batch_size: int) -> None:
+        """Zeroes the gradients, backpropagates ``loss`` (the mean over ``batch_size`` samples),
+        steps ``optimizer`` and records the loss."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        self.total, self.count = self.total + loss.item() * batch_size, self.count + batch_size
+
+    @property
+    def mean(self) -> float | None:
+        """The epoch's mean loss; None when no batch was trained."""
+        return self.total / self.count if self.count else None

@@ -27,7 +27,7 @@ from sammed_fast.method.prompts import jitter_boxes, noise_boxes, structure_rows
 from sammed_fast.experiment.config import TrainConfig
 from sammed_fast.experiment.seeding import epoch_generator, seed_everything, stage_seed
 from sammed_fast.experiment.embedding_cache import EmbeddingCache
-from sammed_fast.experiment.fitting import FitResult, fit, shuffled_batches
+from sammed_fast.experiment.fitting import EpochLoss, FitResult, fit, shuffled_batches
 from sammed_fast.method.losses import dice_bce_loss
 from sammed_fast.experiment.run_data import RunData
 from sammed_fast.experiment.run_folder import RunFolder
@@ -84,7 +84,7 @@ def train_decoder(run: RunFolder, data: RunData, config: TrainConfig, predictor:
         batches = shuffled_batches(len(rows), config.decoder_batch, generator)
         if distributed.rank() > 0:  # this rank's own jitter; rank 0 goes on with the shared stream
             generator = epoch_generator(config.seed, "decoder", epoch, rank=distributed.rank())
-        total, count = 0.0, 0
+        epoch_loss = EpochLoss()
         for batch in batches:
             if len(batch) == 0:  # no slice has a box: nothing to decode
                 continue
@@ -93,12 +93,8 @@ def train_decoder(run: RunFolder, data: RunData, config: TrainConfig, predictor:
             boxes = jitter_boxes(boxes, config.box_jitter, config.tile_size, generator)
             tiles = index if structures == 1 else torch.div(index, structures, rounding_mode="floor")
             logits = decode(embeddings, boxes.to(device), tiles.to(device))
-            loss = dice_bce_loss(logits, labels[index].float().to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, count = total + loss.item() * len(index), count + len(index)
-        return total / count if count else None
+            epoch_loss.step(optimizer, dice_bce_loss(logits, labels[index].float().to(device)), len(index))
+        return epoch_loss.mean
 
     def validate() -> float:
         probs = predictor.decode(val_embeddings, val_boxes, val_keep, structures=structures)

@@ -22,7 +22,7 @@ from sammed_fast.experiment import distributed
 from sammed_fast.errors import ConfigError
 from sammed_fast.experiment.config import TrainConfig
 from sammed_fast.experiment.seeding import epoch_generator, seed_everything, stage_seed
-from sammed_fast.experiment.fitting import FitResult, fit, shuffled_batches
+from sammed_fast.experiment.fitting import EpochLoss, FitResult, fit, shuffled_batches
 from sammed_fast.method.losses import dice_bce_loss
 from sammed_fast.data import SliceDataset, Volume
 from sammed_fast.experiment.run_data import RunData, Split
@@ -66,16 +66,12 @@ def _fit_segmenter(run: RunFolder, *, name: str, train: SliceDataset, val: Split
 
     def train_epoch(epoch: int) -> float | None:
         generator = epoch_generator(config.seed, "segmenter", epoch, stream=stream)
-        total, count = 0.0, 0
+        epoch_loss = EpochLoss()
         for index in shuffled_batches(len(train), config.segmenter_batch, generator):
             images = train.images[index].to(device)
             labels = train.labels[index].float().to(device)
-            loss = dice_bce_loss(trained(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, count = total + loss.item() * len(index), count + len(index)
-        return total / count if count else None
+            epoch_loss.step(optimizer, dice_bce_loss(trained(images), labels), len(index))
+        return epoch_loss.mean
 
     def validate() -> float:
         return mean_volume_dice(val, segmenter_probs(model, val, device), threshold=SEGMENTER_THRESHOLD)
