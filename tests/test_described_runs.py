@@ -79,13 +79,15 @@ def test_bad_domain_names_and_labels_are_refused(manifest, tmp_path, changes, me
     assert message in str(error.value)
 
 
-def test_labels_apply_to_descriptions_only(tmp_path):
-    with pytest.raises(ConfigError, match="--labels applies to a dataset description"):
+def test_labels_apply_to_descriptions_and_the_release_not_the_built_in_set(tmp_path):
+    with pytest.raises(ConfigError, match="--labels: the built-in synthetic set has one structure"):
         TrainConfig(labels="prostate=*")
     release = tmp_path / "release"
     release.mkdir()
-    with pytest.raises(ConfigError, match="six-site release is read as prostate=\\*"):
-        TrainConfig(data=release, labels="prostate=*")
+    assert TrainConfig(data=release).label_table.spec() == "prostate=*"
+    assert TrainConfig(data=release, labels="cg=1,pz=2").label_table.names == ("cg", "pz")
+    with pytest.raises(ConfigError, match="--labels"):
+        TrainConfig(data=release, labels="cg")
     preset = TrainConfig(data=release)
     assert preset.data_form == "six-site" and preset.label_table.spec() == "prostate=*"
     assert "labels" not in preset.to_json() and "data_form" not in preset.to_json()
@@ -417,3 +419,39 @@ def test_an_nnunet_folder_is_a_description_too(manifest, tmp_path):
     config = preflight(tiny(folder, tmp_path / "run"))
     assert config.data_form == "nnunet" and config.targets == ("siteB", "siteC")
     assert config.label_table.spec() == "inner=1,outer=2"
+
+
+def zoned_release(root: Path) -> Path:
+    """A tiny six-site release (domains A and B) whose labels mark two zones: value 2 in the left
+    half of each prostate, 1 in the rest (as sites that label central gland and peripheral zone)."""
+    import nibabel as nib
+    from sammed_fast.data.synthetic import write_synthetic
+
+    write_synthetic(root, seed=3, cases_per_domain=4, domains=["A", "B"], previews=False)
+    for path in sorted(root.rglob("*_[Ss]egmentation.nii.gz")):
+        image = nib.load(str(path))
+        label = np.asarray(image.dataobj).astype(np.uint8)
+        zone = np.zeros_like(label, dtype=bool)
+        zone[: label.shape[0] // 2] = True
+        label[(label > 0) & zone] = 2
+        nib.save(nib.Nifti1Image(label, image.affine, image.header), str(path))
+    return root
+
+
+def test_the_six_site_release_keeps_label_values_apart_with_labels(tmp_path):
+    """--labels on the six-site release: one structure per table entry (segmenter channels,
+    per-structure Dice in results), the run records the table; a value the table lacks is refused
+    naming the file; the built-in synthetic set refuses --labels."""
+    release = zoned_release(tmp_path / "release")
+    config = TrainConfig(data=release, source="A", targets="B", labels="cg=1,pz=2", tile_size=32,
+                         segmenter_epochs=1, decoder_epochs=1, compact_pretrain_steps=0, figure_slices=1,
+                         out=tmp_path / "run", progress=False, device="cpu", threads=1)
+    assert config.label_table.names == ("cg", "pz") and config.dataset is None
+    out = train(config)
+    results = json.loads((out / "results.json").read_text())
+    assert results["labels"] == "cg=1,pz=2" and results["data_form"] == "six-site"
+    assert set(results["rows"]["sam_filtered"]["structures"]) == {"cg", "pz"}
+    with pytest.raises(ConfigError, match=r"(?i)segmentation.nii.gz: label values 2 are not in the label table"):
+        train(dataclasses.replace(config, labels="cg=1", out=tmp_path / "run_cg"))
+    with pytest.raises(ConfigError, match="--labels: the built-in synthetic set"):
+        TrainConfig(labels="cg=1,pz=2")

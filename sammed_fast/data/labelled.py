@@ -191,3 +191,19 @@ def read_described_case(case: "DescribedCase", table: LabelTable) -> LabelledVol
         label_map=label.array,
         labels=table,
     )
+
+
+def with_label_table(volume: Volume, table: LabelTable) -> LabelledVolume:
+    """A volume read by the six-site reader (label binarised) with its label file's values kept
+    apart by ``table``: the label map is read again in the reader's orientation; values outside the
+    table are a ConfigError naming the file."""
+    label = _read_label(Path(volume.label_path))
+    if label.array.shape != volume.label.shape:
+        raise ConfigError(f"{volume.label_path}: label shape {label.array.shape} does not match its "
+                          f"volume's {volume.label.shape}")
+    unknown = table.unknown_values(label.array)
+    if unknown:
+        raise ConfigError(f"{volume.label_path}: label values {', '.join(map(str, unknown[:10]))} are not "
+                          f"in the label table ({table.spec()}; 0 is background)")
+    fields = {name: getattr(volume, name) for name in volume.__dataclass_fields__ if name != "label"}
+    return LabelledVolume(**fields, label=table.union(label.array), label_map=label.array, labels=table)

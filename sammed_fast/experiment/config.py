@@ -135,8 +135,9 @@ class TrainConfig:
         None, "target domains: letters (BCD, B C D) or a description's domain names (siteB siteC) "
               "(default: all others)")
     labels: str | None = _data_option(
-        None, "label table of a dataset description, replacing its own, e.g. 'inner=1,outer=2' or "
-              "'prostate=*' (every non-zero value); the six-site release is always prostate=*")
+        None, "label table, e.g. 'inner=1,outer=2' or 'prostate=*' (every non-zero value): replaces a "
+              "dataset description's own; for the six-site release (default prostate=*) it keeps label "
+              "values apart, e.g. 'cg=1,pz=2' on sites that label both zones")
     all_sources: bool = _data_option(False, "one run per source domain and their average (the paper's Table 1)")
     synthetic_cases: int | None = _data_option(None, "cases per domain of a smaller synthetic set (quick checks)")
     cache_dir: Path | None = _data_option(
@@ -331,15 +332,16 @@ class TrainConfig:
     def _describe(self) -> DatasetDescription | None:
         """The dataset description ``--data`` names (its manifest read, not its files), or None for
         the six-site release and the synthetic set; ``--labels`` replaces its table."""
-        if self.data is None or not (Path(self.data).is_file() or is_description(Path(self.data))):
-            if self.labels is not None:
-                raise ConfigError(f"--labels applies to a dataset description (a manifest or an nnU-Net "
-                                  f"folder); the {'six-site release' if self.data else 'synthetic set'} "
-                                  f"is read as {PROSTATE_LABELS.spec()}")
-            return None
         if self.labels is not None and not isinstance(self.labels, str):
             raise ConfigError(f"--labels: give the table as text, e.g. 'inner=1,outer=2', got {self.labels!r}")
+        if self.data is None:
+            if self.labels is not None:
+                raise ConfigError(f"--labels: the built-in synthetic set has one structure, read as "
+                                  f"{PROSTATE_LABELS.spec()}")
+            return None
         labels = None if self.labels is None else LabelTable.parse(self.labels, where="--labels")
+        if not (Path(self.data).is_file() or is_description(Path(self.data))):
+            return None  # the six-site release: its labels are read with `labels` (label_table)
         return describe_dataset(self.data, labels=labels)
 
     # ------------------------------------------------------------------ derived values
@@ -357,8 +359,12 @@ class TrainConfig:
 
     @property
     def label_table(self) -> LabelTable:
-        """The structures a run segments: the description's table, else prostate=*."""
-        return self.dataset.labels if self.dataset is not None else PROSTATE_LABELS
+        """The structures a run segments: the description's table; for the six-site release the
+        --labels table (e.g. its ISBI sites' central gland and peripheral zone values apart), else
+        prostate=*."""
+        if self.dataset is not None:
+            return self.dataset.labels
+        return PROSTATE_LABELS if self.labels is None else LabelTable.parse(self.labels, where="--labels")
 
     @functools.cached_property
     def image_channels(self) -> int:

@@ -187,9 +187,10 @@ def _summary(scores: dict[str, list[CaseScore]], source: str,
 
 
 def _data_entries(config: TrainConfig) -> dict:
-    """For a dataset description: where the data came from, its form and its label table (the
-    six-site release and the synthetic set are always prostate=*; their results carry none)."""
-    if config.dataset is None:
+    """For a dataset description, or the six-site release read with --labels: where the data came
+    from, its form and its label table (runs on prostate=* release data or the synthetic set carry
+    none)."""
+    if config.dataset is None and config.labels is None:
         return {}
     return {"data": str(config.data), "data_form": config.data_form, "labels": config.label_table.spec()}
 

@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 
 from sammed_fast.data import SliceDataset, Volume, find_cases, load_domain, split_source
+from sammed_fast.data.labelled import with_label_table
 from sammed_fast.data.synthetic import ensure_synthetic
 from sammed_fast.errors import ConfigError
 from sammed_fast.experiment.config import TrainConfig
@@ -106,7 +107,10 @@ def read_domain(config: TrainConfig, root: Path, domain: str, *, progress: bool 
     try:
         if config.dataset is not None:
             return config.dataset.read(domain, progress=progress)
-        return load_domain(root, domain, progress=progress)
+        volumes = load_domain(root, domain, progress=progress)
+        if config.labels is None:
+            return volumes
+        return [with_label_table(volume, config.label_table) for volume in volumes]
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(f"--data: {error}") from error
 
