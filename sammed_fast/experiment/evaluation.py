@@ -192,7 +192,12 @@ def _data_entries(config: TrainConfig) -> dict:
     none)."""
     if config.dataset is None and config.labels is None:
         return {}
-    return {"data": str(config.data), "data_form": config.data_form, "labels": config.label_table.spec()}
+    entries = {"data": str(config.data), "data_form": config.data_form, "labels": config.label_table.spec()}
+    if config.dataset is not None and config.dataset.is_2d:
+        entries["primary_metric"] = ("dice3d: Dice per image (2D data: every case is one image), mean per "
+                                     "domain; target_mean averages the target domains' means")
+        entries["case_unit"] = "image"
+    return entries
 
 
 def evaluate_run_data(*, run: RunFolder, data: RunData, config: TrainConfig, predictor: Predictor,

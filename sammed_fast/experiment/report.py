@@ -67,10 +67,16 @@ def _fraction(value: float) -> str:
     return "n/a" if value != value else f"{value:.2f}"
 
 
+def _structure(results: dict) -> str:
+    """What the labels mark: "prostate" for the six-site preset, else "foreground"."""
+    return "foreground" if "labels" in results else "prostate"
+
+
 def boxes_table(results: dict) -> str:
     """Markdown table of the box diagnostics: one line per split and prompt kind."""
-    header = ["split", "domain", "boxes", "IoU with GT box", "area / GT area", "prostate slices without box",
-              "boxes on slices without prostate"]
+    marked = _structure(results)
+    header = ["split", "domain", "boxes", "IoU with GT box", "area / GT area", f"{marked} slices without box",
+              f"boxes on slices without {marked}"]
     body = []
     for split, entry in results["boxes"].items():
         for kind, d in entry.items():
@@ -84,6 +90,7 @@ def boxes_table(results: dict) -> str:
 
 def results_markdown(results: dict) -> str:
     src = results["source"]
+    case = "image" if results.get("case_unit") == "image" else "3D volume"  # 2D data: one image per case
     selection = results.get("selection", {})
     lines = [
         f"# sammed_fast results: source domain {src}, targets {', '.join(results['targets'])}",
@@ -101,21 +108,21 @@ def results_markdown(results: dict) -> str:
     for name, info in selection.items():
         lines.append(f"{name} selected on source val: epoch {info['best_epoch'] + 1}, "
                      f"val Dice {_pct(info['val_dice'])}.")
-    lines += ["", "## Dice per 3D volume (%), primary", "", results_table(results, "dice3d"), "",
+    lines += ["", f"## Dice per {case} (%), primary", "", results_table(results, "dice3d"), "",
               "## Dice per 2D slice (%), pooled over each domain's slices where truth or "
-              "prediction has prostate", "",
+              f"prediction has {_structure(results)}", "",
               results_table(results, "dice2d"), "",
-              *(["## Dice per 3D volume (%) of each structure (the tables above average them)", "",
+              *([f"## Dice per {case} (%) of each structure (the tables above average them)", "",
                  structures_table(results, "dice3d"), ""]
                 if all("structures" in e for e in results["rows"].values()) else []),
               *(["## Dice per 2x2 mosaic (%), the paper's own metric (secondary; not comparable "
                  "to the 3D Dice)", "", results_table(results, "dice_mosaic"), ""]
                 if all("dice_mosaic" in e for e in results["rows"].values()) else []),
-              "## theta2 sweep of SAM + filtered boxes (Dice per 3D volume, %)", "",
+              f"## theta2 sweep of SAM + filtered boxes (Dice per {case}, %)", "",
               _sweep_table(results), ""]
     if "boxes" in results:
         lines += ["## Box prompts against the ground-truth box (tile frame; IoU and area over slices "
-                  "with prostate and a box)", "", boxes_table(results), ""]
+                  f"with {_structure(results)} and a box)", "", boxes_table(results), ""]
     return "\n".join(lines)
 
 
