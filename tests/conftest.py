@@ -140,3 +140,13 @@ def oracle_largest(masks: np.ndarray, connectivity: int) -> tuple[np.ndarray, np
 
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy()
+
+
+@pytest.fixture
+def one_thread():
+    """One torch CPU thread for the test (bit-identical CPU runs need the same thread count; small
+    models run fastest so on a shared machine), restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -43,14 +43,6 @@ def tiny(manifest: Path, out: Path, **changes) -> TrainConfig:
 
 
 # --------------------------------------------------------------------------- the config
-@pytest.fixture
-def one_thread_cpu():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_domains_are_the_description_names(manifest, tmp_path):
     config = tiny(manifest, tmp_path / "run", targets=None).resolved()
     assert config.data_form == "json" and config.domains == ("siteA", "siteB", "siteC")
@@ -262,7 +254,7 @@ def test_rgb_images_stay_rgb_into_the_segmenter_and_sam(tmp_path):
                      tile_size=32)
 
 
-def test_rgb_slices_at_their_own_size_train_as_plain_contiguous_tensors(tmp_path, one_thread_cpu):
+def test_rgb_slices_at_their_own_size_train_as_plain_contiguous_tensors(tmp_path, one_thread):
     """At a tile equal to the image size no resize copies the slices: they must still not be the
     channels-last view of the (H,W,3) file (torch 2.14's CPU backward crashed on it), and a training
     step over them runs."""

@@ -23,15 +23,6 @@ TINY = PretrainConfig(tile_size=16, steps=6, canvases_per_step=1, warmup_steps=2
                       checkpoint_every=2)
 
 
-@pytest.fixture
-def one_thread():
-    """Bit-identical CPU runs need the same thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- shipped weights -------------------------------------------------------------------------
 
 
