@@ -12,7 +12,7 @@ from sammed_fast.experiment.prediction import DEFAULT_BATCH, PredictionFailed, p
 
 __all__ = ["SUMMARY", "main"]
 
-SUMMARY = "Apply a finished run to new NIfTI volumes: one mask (or label map) per input."
+SUMMARY = "Apply a finished run to new images (NIfTI volumes or 2D images): one mask or label map per input."
 
 
 @command()
@@ -20,8 +20,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m sammed_fast.p
     """Prints the written masks; exits 1 after writing the others when some inputs failed."""
     parser = argparse.ArgumentParser(prog=prog, description=SUMMARY)
     parser.add_argument("--run", type=Path, required=True, help="finished run folder of sammed_fast.train")
-    parser.add_argument("--input", type=Path, required=True, help="a NIfTI volume, a folder of them, or a dataset description (manifest "
-                             ".csv/.json or nnU-Net folder: the images of its cases)")
+    parser.add_argument("--input", type=Path, required=True,
+                        help="a NIfTI volume or a 2D image (PNG/JPEG/TIFF), a folder of NIfTI volumes, or a "
+                             "dataset description (manifest .csv/.json or nnU-Net folder: the images of its cases)")
     parser.add_argument("--output", type=Path, required=True,
                         help="output folder (or a .nii/.nii.gz file name for a single input)")
     parser.add_argument("--boxes", type=Path, default=None,
