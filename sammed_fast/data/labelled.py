@@ -28,7 +28,7 @@ from sammed_fast.errors import ConfigError
 if TYPE_CHECKING:
     from sammed_fast.data.manifest import DescribedCase
 
-__all__ = ["LabelledVolume", "read_described_case", "inspect_case", "file_ending",
+__all__ = ["LabelledVolume", "read_described_case", "read_image", "inspect_case", "file_ending",
            "NIFTI_ENDINGS", "AFFINE_TOLERANCE"]
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
@@ -79,28 +79,33 @@ class _Read:
     spacing: tuple[float, float, float] = PIXEL_SPACING_2D
 
 
-def _read_nifti_file(path: Path, what: str) -> _Read:
+def _read_nifti_file(path: Path, what: str, *, prepare=None) -> _Read:
+    """A NIfTI file in (S, H, W) order; ``prepare`` (e.g. intensity normalisation) runs on the
+    canonical array before the axes are reordered, as the six-site reader does, so every NIfTI
+    image gets the very same float32 values whichever reader reads it."""
     try:
         data, img = read_nifti(path, what)
         orientation = file_orientation(img, path)
+        canonical = to_canonical(data, orientation)
+        if prepare is not None:
+            canonical = prepare(canonical)
     except ValueError as error:  # the prostate helpers raise ValueError naming the file
         raise ConfigError(str(error)) from error
-    return _Read(array=np.ascontiguousarray(to_nifti_order(to_canonical(data, orientation))),
+    return _Read(array=np.ascontiguousarray(to_nifti_order(canonical)),
                  affine=np.asarray(img.affine, dtype=np.float64), orientation=orientation,
                  spacing=canonical_spacing(img, orientation))
 
 
-def _read_image(path: Path) -> _Read:
+def read_image(path: Path) -> _Read:
+    """An image file as the method sees it: a NIfTI volume reoriented, normalised (six-site reader's
+    normalisation) and in (S, H, W) order, or a 2D image (1, H, W[, 3]) normalised per channel;
+    ConfigError naming the file when it cannot be read."""
     if file_ending(path) in NIFTI_ENDINGS:
-        read = _read_nifti_file(path, "image")
+        read = _read_nifti_file(path, "image", prepare=lambda canonical: normalise_intensity(
+            np.asarray(canonical, dtype=np.float32), name=str(path)))
         if not all(z > 0 for z in read.spacing):
             raise ConfigError(f"{path}: voxel sizes must be positive, header says {read.spacing}")
-        try:
-            image = normalise_intensity(np.asarray(read.array, dtype=np.float32), name=str(path))
-        except ValueError as error:
-            raise ConfigError(str(error)) from error
-        return _Read(array=image, affine=read.affine, orientation=read.orientation,
-                     spacing=read.spacing)
+        return read
     image = images2d.normalise_image_2d(images2d.read_image_2d(path), name=str(path))
     return _Read(array=np.ascontiguousarray(image[None]))
 
@@ -145,7 +150,7 @@ def inspect_case(case: "DescribedCase", table: LabelTable,
     found: missing/unreadable files, 2D image with 3D label (or back), label values outside
     ``table``, image/label shape or affine mismatch. Each problem starts with the file's path."""
     problems: list[str] = []
-    image = _read_or_problem(case.image, _read_image, "image", problems)
+    image = _read_or_problem(case.image, read_image, "image", problems)
     label = _read_or_problem(case.label, _read_label, "label", problems)
     if image is None or label is None:
         return image, label, problems

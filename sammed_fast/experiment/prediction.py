@@ -43,11 +43,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sammed_fast.data.prostate import (Volume, canonical_spacing, file_orientation, normalise_intensity,
-                                      read_nifti, save_like, to_canonical, to_nifti_order)
+from sammed_fast.data.labelled import read_image
+from sammed_fast.data.prostate import Volume, save_like
 from sammed_fast.data.labels import LabelTable
 from sammed_fast.data.manifest import describe_dataset
-from sammed_fast.data.images2d import is_2d_path, normalise_image_2d, read_image_2d
+from sammed_fast.data.images2d import is_2d_path
 from sammed_fast.data.slices import resize_images, slice_images
 from sammed_fast.atomic import write_bytes_atomic
 from sammed_fast.errors import ConfigError
@@ -148,20 +148,12 @@ def check_outputs(inputs: list[Path], targets: list[Path]) -> None:
 
 
 def _read_volume(path: Path) -> Volume:
-    """The input as the run saw its training volumes: float32 (S,H,W), normalised; a 2D image
-    (1,H,W), or (1,H,W,3) RGB, normalised per channel as a description's images are. Errors name it."""
-    if is_2d_path(path):
-        image = normalise_image_2d(read_image_2d(path), name=str(path))
-        return Volume(domain="", case_id=_stem(path), image=np.ascontiguousarray(image[None]),
-                      label=np.zeros(0, dtype=np.uint8), spacing=(1.0, 1.0, 1.0), affine=np.eye(4),
-                      image_path=path)
-    data, img = read_nifti(path, "image")
-    orientation = file_orientation(img, path)
-    image = normalise_intensity(np.asarray(to_canonical(data, orientation), dtype=np.float32), name=str(path))
-    return Volume(domain="", case_id=_stem(path), image=np.ascontiguousarray(to_nifti_order(image)),
-                  label=np.zeros(0, dtype=np.uint8), spacing=canonical_spacing(img, orientation),
-                  affine=np.asarray(img.affine, dtype=np.float64), image_path=path,
-                  orientation=orientation)
+    """The input as the run saw its volumes (``data.labelled.read_image``): float32 (S,H,W)
+    normalised, a 2D image (1,H,W) or (1,H,W,3) RGB normalised per channel. Errors name it."""
+    read = read_image(path)
+    return Volume(domain="", case_id=_stem(path), image=read.array, label=np.zeros(0, dtype=np.uint8),
+                  spacing=read.spacing, image_path=path, orientation=read.orientation,
+                  affine=read.affine if read.affine is not None else np.eye(4))
 
 
 # ----------------------------------------------------------------------------- the run's method
