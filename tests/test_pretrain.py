@@ -17,6 +17,7 @@ from sammed_fast.data import procedural
 from sammed_fast.models import TiledSam, build_sam, describe_state_dict
 from sammed_fast.data.procedural import NO_BOX_NOISE, BoxNoise, generate, generate_polygons_and_blobs, noisy_boxes
 from sammed_fast.models.sam_registry import compact_config, sam_from_config
+from torchvision.ops import masks_to_boxes
 
 SHIPPED_TILE = 64
 TINY = PretrainConfig(tile_size=16, steps=6, canvases_per_step=1, warmup_steps=2, heldout_slices=4,
@@ -122,6 +123,56 @@ def test_box_noise_shifts_loosens_and_truncates_about_ten_percent():
     centre_shift = ((boxes[:, :2] + boxes[:, 2:]) - (tight[:, :2] + tight[:, 2:])) / 2 / side
     assert centre_shift[~(exact | loose | truncated)].abs().mean() > 0.03  # shifts, not only size changes
     assert ((boxes[:, 2:] - boxes[:, :2]) >= 1).all()
+
+
+def test_several_targets_per_image_are_distinct_visible_objects_of_that_image():
+    """targets=T: rows i*T..i*T+T-1 belong to image i; the visible parts of two different objects
+    never overlap, so two targets of one image are either disjoint (distinct objects) or equal
+    (a repeat, only when the image has fewer qualifying objects than T)."""
+    n, T = 24, 3
+    data = generate(n, 64, generator=torch.Generator().manual_seed(8), targets=T)
+    assert data.images.shape == (n, 1, 64, 64) and data.masks.shape == (n * T, 1, 64, 64)
+    assert data.boxes.shape == data.tight_boxes.shape == (n * T, 4)
+    assert torch.equal(data.tight_boxes, masks_to_boxes(data.masks[:, 0]))
+    assert (data.masks.flatten(1).sum(1) > 0).all()
+    masks = data.masks.view(n, T, -1).bool()
+    distinct = 0
+    for image in masks:
+        for a in range(T):
+            for b in range(a + 1, T):
+                same, overlap = torch.equal(image[a], image[b]), (image[a] & image[b]).any()
+                assert same or not overlap
+        distinct += len({tuple(m.nonzero().flatten().tolist()) for m in image})
+    assert distinct > 2 * n  # mostly distinct objects (the images hold 1-6)
+    # Seeded.
+    again = generate(n, 64, generator=torch.Generator().manual_seed(8), targets=T)
+    assert all(torch.equal(x, y) for x, y in zip(data, again))
+    with pytest.raises(ValueError, match="targets"):
+        generate(2, 64, generator=torch.Generator(), targets=0)
+
+
+def test_pretraining_prompts_each_image_with_its_own_targets(tmp_path, monkeypatch, one_thread):
+    seen = []
+    decode = TiledSam.decode
+
+    def spy(self, embeddings, boxes, tile_index=None):
+        if self.training:
+            seen.append((embeddings.shape[0], boxes.shape[0], tile_index))
+        return decode(self, embeddings, boxes, tile_index)
+
+    monkeypatch.setattr(TiledSam, "decode", spy)
+    images = TINY.canvases_per_step * 4
+    for targets in (2, 1):
+        seen.clear()
+        config = dataclasses.replace(TINY, steps=2, targets_per_image=targets, heldout_slices=2)
+        pretrain.pretrain_compact_sam(config=config, out=tmp_path / "p.pth", progress=False)
+        assert len(seen) == 2
+        for canvases, boxes, tile_index in seen:
+            assert (canvases, boxes) == (config.canvases_per_step, targets * images)
+            if targets == 1:
+                assert tile_index is None  # decode's default: box k prompts slice k
+            else:
+                assert tile_index.tolist() == [i for i in range(images) for _ in range(targets)]
 
 
 # --- resumable pretraining ---------------------------------------------------------------------

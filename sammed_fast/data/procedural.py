@@ -30,10 +30,12 @@ MIN_TARGET_AREA = 0.008  # fraction of the image: a 64 px tile keeps targets fro
 
 
 class ShapeBatch(NamedTuple):
+    """N images with T targets each (T = 1 unless asked for); target j of image i is row i*T + j."""
+
     images: torch.Tensor  # (N,1,S,S) float32, z-scored per image
-    masks: torch.Tensor  # (N,1,S,S) float32 {0,1}: the target object's visible part
-    boxes: torch.Tensor  # (N,4) float32 xyxy prompt (noised), pixel indices in the image frame
-    tight_boxes: torch.Tensor  # (N,4) float32 xyxy inclusive box of the target mask
+    masks: torch.Tensor  # (N*T,1,S,S) float32 {0,1}: the target object's visible part
+    boxes: torch.Tensor  # (N*T,4) float32 xyxy prompt (noised), pixel indices in the image frame
+    tight_boxes: torch.Tensor  # (N*T,4) float32 xyxy inclusive box of the target mask
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -160,11 +162,12 @@ def _finish(image: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def _pick_targets(inside: torch.Tensor, active: torch.Tensor, g: torch.Generator, *,
-                  fallback_visible: bool = False) -> torch.Tensor:
-    """(n,k,S,S) bool object supports painted in slot order, (n,k) bool -> (n,1,S,S) float mask of
-    one visible object per image: at least MIN_TARGET_AREA of the image visible and at most half
-    of it hidden. When none qualifies: any drawn object, or with fallback_visible any object with
-    a visible pixel (never an empty mask when the last drawn object is non-empty)."""
+                  fallback_visible: bool = False, targets: int = 1) -> torch.Tensor:
+    """(n,k,S,S) bool object supports painted in slot order, (n,k) bool -> (n*targets,1,S,S) float
+    masks of visible objects, ``targets`` per image (rows i*targets + j): at least MIN_TARGET_AREA
+    of the image visible and at most half of it hidden, distinct while the image has enough such
+    objects. When none qualifies: any drawn object, or with fallback_visible any object with a
+    visible pixel (never an empty mask when the last drawn object is non-empty)."""
     n, size = inside.shape[0], inside.shape[-1]
     later = torch.flip(torch.cumsum(torch.flip(inside.int(), [1]), 1), [1]) - inside.int()
     visible = inside & (later == 0)
@@ -173,15 +176,26 @@ def _pick_targets(inside: torch.Tensor, active: torch.Tensor, g: torch.Generator
     eligible = ((area >= MIN_TARGET_AREA * size * size) & (area >= 0.5 * whole)).float()
     fallback = (area > 0) & active if fallback_visible else active
     eligible = eligible + 1e-6 * fallback.float()  # never all zero: then any drawn (visible) object
-    target = torch.multinomial(eligible, 1, generator=g).view(n)
-    return visible[torch.arange(n), target].float().unsqueeze(1)
+    if targets == 1:
+        target = torch.multinomial(eligible, 1, generator=g).view(n)
+        return visible[torch.arange(n), target].float().unsqueeze(1)
+    # Distinct objects first (random order, eligible ones ahead), then repeats of them.
+    order = torch.argsort(torch.log(eligible) - torch.log(-torch.log(torch.rand(eligible.shape, generator=g))),
+                          dim=1, descending=True)
+    usable = (eligible >= 1).sum(1).clamp_min(1)
+    column = torch.arange(targets).view(1, -1) % usable.view(-1, 1)
+    target = torch.gather(order, 1, column)  # (n, targets)
+    rows = torch.arange(n).view(-1, 1).expand(n, targets)
+    return visible[rows.reshape(-1), target.reshape(-1)].float().unsqueeze(1)
 
 
-def generate(n: int, size: int, *, generator: torch.Generator, box_noise: BoxNoise = BoxNoise()) -> ShapeBatch:
-    """n training-family images of size x size with one target object each (see module docs);
-    ``boxes`` are the tight boxes noised by ``box_noise`` (NO_BOX_NOISE: exactly the tight box)."""
-    if n < 0 or size < 16:
-        raise ValueError(f"need n >= 0 and size >= 16, got n={n}, size={size}")
+def generate(n: int, size: int, *, generator: torch.Generator, box_noise: BoxNoise = BoxNoise(),
+             targets: int = 1) -> ShapeBatch:
+    """n training-family images of size x size with ``targets`` target objects each (see module
+    docs and ShapeBatch); ``boxes`` are the tight boxes noised by ``box_noise`` (NO_BOX_NOISE:
+    exactly the tight box). targets=1 draws exactly what it drew before the option existed."""
+    if n < 0 or size < 16 or targets < 1:
+        raise ValueError(f"need n >= 0, size >= 16 and targets >= 1, got n={n}, size={size}, targets={targets}")
     g, k = generator, MAX_OBJECTS
     background = _uniform((n, 1, 1), -1, 1, g) + _uniform((n, 1, 1), 0.1, 0.8, g) * _texture(n, size, g)
     main, part = _composite_objects(n, size, g)
@@ -206,7 +220,7 @@ def generate(n: int, size: int, *, generator: torch.Generator, box_noise: BoxNoi
         obj = level + contrast[:, j] + texture_amp[:, j] * textures[:, j]
         image = image * (1 - alpha_main[:, j]) + obj * alpha_main[:, j]
         image = image * (1 - alpha_part[:, j]) + (obj + part_offset[:, j]) * alpha_part[:, j]
-    masks = _pick_targets(inside, active, g)
+    masks = _pick_targets(inside, active, g, targets=targets)
     image = _finish(image, g)
     tight = masks_to_boxes(masks[:, 0]) if n else torch.zeros(0, 4)
     return ShapeBatch(image, masks, noisy_boxes(tight, size, box_noise, g), tight.float())

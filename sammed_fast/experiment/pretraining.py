@@ -2,7 +2,9 @@
 
 ``python -m sammed_fast.pretrain [--tile-size 64] [--out FILE] [--resume]`` trains the whole compact
 SAM (image encoder, prompt encoder, mask decoder) through the same 2x2 tiled path used at run time
-(4 procedural images per canvas, each with its own noised box; ``sam.procedural``) and saves an
+(4 procedural images per canvas; each image prompted for three of its objects, each with its own
+noised box, so one encoder pass serves three masks as in SAM's own training;
+``data.procedural``) and saves an
 ordinary SAM state dict in float16 plus a JSON sidecar (recipe, seed, steps, sha256, held-out
 scores). It stands in for real SAM weights, which cannot be downloaded here; it never sees prostate
 or any target-domain data.
@@ -57,8 +59,10 @@ class PretrainConfig:
     CPU thread). The fields declared with an option are options of ``sammed-fast pretrain``."""
 
     tile_size: int = option(64, "slice side in pixels (canvas = 2x)")
-    steps: int = option(5000, "training steps")
-    canvases_per_step: int = 4  # 4 tiles each, so 16 boxes per step
+    steps: int = option(4000, "training steps")
+    canvases_per_step: int = 4  # 4 tiles each, so 16 images per step
+    targets_per_image: int = option(3, "objects prompted per training image (one encoder pass serves "
+                                       "them all, as in SAM's own training)")
     lr: float = option(1e-3, "peak learning rate")
     weight_decay: float = 1e-4
     warmup_steps: int = option(200, "steps of linear learning-rate warm-up (then cosine decay)")
@@ -275,12 +279,16 @@ def pretrain_compact_sam(
         })
 
     tiles = config.canvases_per_step * model.tiles_per_canvas
+    # Box i*T + j prompts image i (None for one box per image: decode's own default, arange).
+    image_of_box = (None if config.targets_per_image == 1 else
+                    torch.arange(tiles, device=device).repeat_interleave(config.targets_per_image))
     bar = _Progress(total=config.steps, start=first_step, enabled=progress, seconds_before=seconds_before)
     try:
         for step in range(first_step, config.steps):
-            data = generate(tiles, config.tile_size, generator=generator, box_noise=config.box_noise)
+            data = generate(tiles, config.tile_size, generator=generator, box_noise=config.box_noise,
+                            targets=config.targets_per_image)
             images, boxes, masks = (x.to(device) for x in (data.images, data.boxes, data.masks))
-            loss = dice_bce_loss(model(images, boxes), masks)
+            loss = dice_bce_loss(model.decode(model.encode(images), boxes, image_of_box), masks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
