@@ -263,7 +263,7 @@ def test_inscribed_ellipse_baseline():
     assert mask[6, 7] == 1 and mask[4, 2] == 0
 
 
-def test_pretrain_writes_loadable_checkpoint_and_cache_is_reused(tmp_path, monkeypatch):
+def test_pretrain_writes_loadable_checkpoint_and_cache_is_reused(tmp_path, monkeypatch, one_thread):
     real = pretrain.pretrain_compact_sam
     calls = []
 

@@ -241,8 +241,10 @@ def pretrain_compact_sam(
     line recorded in the sidecar (default: the equivalent ``python -m sammed_fast.pretrain``
     call). init: a finished compact SAM to start from (a warm start; its sha256 must equal
     ``config.init_sha256``, and the sidecar records its file and recipe). The procedural data is
-    drawn on the CPU, so the data (not the arithmetic) is the same on every device; on the CPU the
-    run is deterministic from config.seed for a given thread count, resumed or not.
+    drawn on the CPU, so the data (not the arithmetic) is the same on every device; on the CPU with
+    one thread the run is deterministic from config.seed, resumed or not (with several threads, or
+    on a GPU, the backward of the gather that gives each box its image's canvas accumulates in no
+    fixed order when an image has several boxes).
     """
     start_time = time.perf_counter()
     path = Path(out) if out is not None else compact_checkpoint_path(config.tile_size)
