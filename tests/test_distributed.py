@@ -98,7 +98,7 @@ def test_two_process_training_completes_and_only_rank_0_writes(runs):
     assert list(state) == ["segmenter", "predict", "boxes", "decoder", "evaluate"]
     assert state["segmenter"]["info"]["processes"] == 2 and state["decoder"]["info"]["processes"] == 2
     results = json.loads((two / "results.json").read_text())
-    assert results["rows"]["sam_whole"]["dice3d"]["target_mean"] > 0.05, "SAM must produce masks here"
+    assert results["rows"]["sam_gt"]["dice3d"]["target_mean"] > 0.3, "SAM must produce masks here"
 
     for launch, writes in runs["writes"].items():
         assert writes[1] == [], f"rank 1 wrote files ({launch} launch): {writes[1][:5]}"
