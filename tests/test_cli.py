@@ -97,6 +97,7 @@ def test_train_options_keep_their_types_and_nargs():
     ["evaluate", "--run", "/nonexistent"],
     ["predict", "--run", "/nonexistent", "--input", "x", "--output", "y"],
     ["pretrain", "--steps", "0"],
+    ["pretrain", "--targets-per-image", "0"],
     ["synthetic", "--out", "set", "--cases", "0"],
 ], ids=lambda argv: argv[0])
 def test_bad_input_is_one_error_line_and_exit_2(argv, tmp_path):

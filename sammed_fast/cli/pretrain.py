@@ -48,7 +48,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         compact_config(2 * args.tile_size)
     except ValueError as error:
         raise ConfigError(f"--tile-size: {error}") from None
-    for name in ("steps", "checkpoint_every", "threads"):
+    for name in ("steps", "targets_per_image", "checkpoint_every", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
