@@ -3,9 +3,9 @@
 Training family (``generate``): a textured background, several overlapping objects (ellipses,
 Fourier blobs, convex polygons; some made of two touching parts of different brightness) of every
 size, with their own intensity (sometimes barely above the background) and texture, painted back to
-front with soft edges, then a bias field, blur, noise and an intensity gamma. One visible object is
-the target; its prompt box is noised as SAM's training boxes were (``BoxNoise``: about 10% of the
-box side per side, shifts, and some loose or truncated boxes).
+front with soft edges, then a bias field, blur, noise and an intensity gamma. One visible object
+(or several: ``targets``) is the target; its prompt box is noised as SAM's training boxes were
+(``BoxNoise``: about 10% of the box side per side, shifts, and some loose or truncated boxes).
 
 Held-out family (``generate_polygons_and_blobs``): star-shaped random polygons (concave) and blobs
 cut from a thresholded random field, on a differently made background; pretraining never draws it.
@@ -179,7 +179,8 @@ def _pick_targets(inside: torch.Tensor, active: torch.Tensor, g: torch.Generator
     if targets == 1:
         target = torch.multinomial(eligible, 1, generator=g).view(n)
         return visible[torch.arange(n), target].float().unsqueeze(1)
-    # Distinct objects first (random order, eligible ones ahead), then repeats of them.
+    # Distinct objects first (a weighted random order from Gumbel keys, so eligible objects come
+    # ahead of fallbacks), then repeats of them.
     order = torch.argsort(torch.log(eligible) - torch.log(-torch.log(torch.rand(eligible.shape, generator=g))),
                           dim=1, descending=True)
     usable = (eligible >= 1).sum(1).clamp_min(1)
