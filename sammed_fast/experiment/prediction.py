@@ -53,7 +53,7 @@ from sammed_fast.atomic import write_bytes_atomic
 from sammed_fast.errors import ConfigError
 from sammed_fast.files import natural_key
 from sammed_fast.experiment.box_file import read_box_file, tile_prompts
-from sammed_fast.experiment.config import is_description
+from sammed_fast.experiment.config import TrainConfig, is_description
 from sammed_fast.experiment.devices import resolve_device
 from sammed_fast.experiment.run_method import RunMethod, open_finished_run
 from sammed_fast.method.predictor import Predictor
@@ -161,6 +161,11 @@ def load_run_predictor(run_dir: Path, device: str) -> Predictor:
     """The method of a finished run: its selected segmenter, box filter and SAM with its selected
     decoder (the very objects its evaluation uses); a missing or incomplete run folder raises
     ConfigError naming what is missing."""
+    return _open_run(run_dir, device)[0]
+
+
+def _open_run(run_dir: Path, device: str) -> tuple[Predictor, TrainConfig]:
+    """load_run_predictor's predictor and the run's config, the run folder read once."""
     run, config = open_finished_run(run_dir)
     missing = [str(run.paths.checkpoint(name, "best")) for name in ("segmenter", "decoder")
                if not run.paths.checkpoint(name, "best").is_file()]
@@ -169,7 +174,7 @@ def load_run_predictor(run_dir: Path, device: str) -> Predictor:
                           f"finish it with `python -m sammed_fast.train --out {run_dir} --resume`")
     method = RunMethod(run, config, resolve_device(device), create_sam=False)
     method.with_segmenter()
-    return method.with_decoder()
+    return method.with_decoder(), config
 
 
 # ----------------------------------------------------------------------------- one volume's output
@@ -257,9 +262,9 @@ def predict(*, run: str | Path, inputs: str | Path | Sequence[str | Path], outpu
             raise ConfigError("inputs is empty")
     targets = _output_paths(files, single, output)
     check_outputs(files, targets)
-    predictor = load_run_predictor(Path(run), device)
+    predictor, config = _open_run(Path(run), device)
     t, theta2 = predictor.sam.tile_size, predictor.theta2
-    table = open_finished_run(Path(run))[1].label_table
+    table = config.label_table
     channels = () if len(table) == 1 else (len(table),)
     file_boxes = None if boxes is None else read_box_file(boxes, files, table.names)
 
