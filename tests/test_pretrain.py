@@ -214,6 +214,10 @@ def test_resume_after_an_interruption_continues_from_the_saved_step(tmp_path, mo
     with pytest.raises(ValueError, match="another recipe"):
         pretrain.pretrain_compact_sam(config=dataclasses.replace(TINY, lr=0.1), out=resumed, progress=False,
                                       resume=True)
+    older = tmp_path / "older.pth"  # a resume checkpoint of another architecture, same recipe
+    torch.save({**saved, "sam_config": {**saved["sam_config"], "embed_dim": 128}}, pretrain.resume_path(older))
+    with pytest.raises(ValueError, match="another compact-SAM architecture"):
+        pretrain.pretrain_compact_sam(config=TINY, out=older, progress=False, resume=True)
     calls = _counting_generate(monkeypatch)
     pretrain.pretrain_compact_sam(config=TINY, out=resumed, progress=False, resume=True)
     assert len(calls) == TINY.steps - 4

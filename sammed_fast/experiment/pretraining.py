@@ -265,6 +265,9 @@ def pretrain_compact_sam(
         if saved["config"] != config.to_json():
             raise ConfigError(f"{state_path} was made with another recipe ({saved['config']}); "
                              f"remove it or rerun with that recipe")
+        if saved.get("sam_config", sam_config.to_json()) != sam_config.to_json():  # older files lack it
+            raise ConfigError(f"{state_path} holds another compact-SAM architecture (made by another "
+                              f"version of sammed_fast); remove it to start over")
         sam.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -275,7 +278,8 @@ def pretrain_compact_sam(
 
     def save_resume_state(step: int) -> None:
         save_torch_atomic(state_path, {
-            "config": config.to_json(), "step": step, "losses": losses, "model": sam.state_dict(),
+            "config": config.to_json(), "sam_config": sam_config.to_json(), "step": step, "losses": losses,
+            "model": sam.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "generator": generator.get_state(), "seconds": seconds_before + time.perf_counter() - start_time,
         })
