@@ -5,8 +5,9 @@ SAM (image encoder, prompt encoder, mask decoder) through the same 2x2 tiled pat
 (4 procedural images per canvas from ``data.procedural``; each image prompted for
 ``targets_per_image`` of its objects, three by default, each with its own noised box, so one
 encoder pass serves several masks as in SAM's own training) and saves an ordinary SAM state
-dict in float16 plus a JSON sidecar (recipe, seed, steps, sha256, held-out scores). It stands in for real SAM weights, which cannot be downloaded here; it never sees prostate
-or any target-domain data.
+dict in float16 plus a JSON sidecar (recipe, seed, steps, sha256, held-out scores). It stands in
+for real SAM weights, which cannot be downloaded here; it never sees prostate or any target-domain
+data.
 
 The run saves a resume checkpoint (model, optimizer, scheduler, data generator, step, losses) next
 to the output every ``checkpoint_every`` steps; ``--resume`` continues from it, so an interrupted run
