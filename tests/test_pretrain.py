@@ -116,7 +116,7 @@ def test_box_noise_shifts_loosens_and_truncates_about_ten_percent():
     exact = (outward == 0).all(1)
     loose = (outward >= 0.2 - 1e-6).all(1)
     truncated = (outward <= 0).all(1) & (outward < -0.1 + 1e-6).any(1) & ~exact
-    assert 0.05 < exact.float().mean() < 0.15 and 0.08 < loose.float().mean() < 0.2
+    assert 0.25 < exact.float().mean() < 0.35 and 0.06 < loose.float().mean() < 0.15
     assert truncated.float().mean() > 0.05
     jittered = outward[~(exact | loose | truncated)]
     assert 0.05 < jittered.std() < 0.15  # about 10% of the side per side

@@ -49,11 +49,11 @@ class BoxNoise:
     whole box by N(0, shift_sigma^2) per axis; offsets are clipped to +-max_offset.
     """
 
-    exact: float = 0.1
-    loose: float = 0.12
-    truncated: float = 0.08
-    side_sigma: float = 0.15
-    shift_sigma: float = 0.08
+    exact: float = 0.3
+    loose: float = 0.1
+    truncated: float = 0.06
+    side_sigma: float = 0.12
+    shift_sigma: float = 0.05
     max_offset: float = 0.35
     loose_range: tuple[float, float] = (0.2, 1.2)
     truncate_range: tuple[float, float] = (0.1, 0.35)
