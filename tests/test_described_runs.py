@@ -5,6 +5,7 @@ structures: one segmenter channel, label channel and box row per structure, per-
 (equal to MONAI's DiceMetric) and its average."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -203,6 +204,16 @@ def test_a_multi_structure_run_reports_each_structure(described_run):
             mean = (structures["inner"]["dice3d"][domain] + structures["outer"]["dice3d"][domain]) / 2
             assert entry["dice3d"][domain] == pytest.approx(mean, abs=1e-12)
     assert "of each structure" in (path / "results.md").read_text()
+    with open(path / "cases.csv", newline="") as handle:  # an independent aggregation of the lines
+        lines = list(csv.DictReader(handle))
+    for row, entry in results["rows"].items():
+        for structure, expected in [("mean", entry["dice3d"]),
+                                    *((name, s["dice3d"]) for name, s in entry["structures"].items())]:
+            for domain in ("siteA", "siteB", "siteC"):
+                values = [float(c["dice3d"]) for c in lines
+                          if (c["row"], c["structure"], c["domain"]) == (row, structure, domain)]
+                assert values and np.mean(values) == pytest.approx(expected[domain], abs=1e-6)
+    assert len(lines) == 3 * len([c for c in lines if c["structure"] == "mean"])
     stored = torch.load(path / "predictions" / "siteB.pt")
     assert stored["probs"].shape[1] == 2 and len(torch.load(path / "boxes" / "siteB.pt")["filtered"]) \
         == 2 * len(stored["keys"])

@@ -200,6 +200,21 @@ def _data_entries(config: TrainConfig) -> dict:
     return entries
 
 
+def _case_lines(row: str, split: str, scores: list[CaseScore], names: tuple[str, ...]) -> list[dict]:
+    """cases.csv lines of one row and split: one per case; with C > 1 structures these carry
+    ``structure`` "mean" (their Dice is the mean over the structures) and every case and structure
+    has a line of its own after them."""
+    def line(score: CaseScore, **structure: str) -> dict:
+        return {"row": row, "split": split, "domain": score.domain, "case_id": score.case_id,
+                "dice3d": score.dice3d, "dice2d_mean": score.dice2d_mean, "slices": len(score.dice2d),
+                **structure}
+
+    if len(names) == 1:
+        return [line(c) for c in scores]
+    return [line(c, structure="mean") for c in scores] + \
+        [line(c.structures[i], structure=name) for i, name in enumerate(names) for c in scores]
+
+
 def evaluate_run_data(*, run: RunFolder, data: RunData, config: TrainConfig, predictor: Predictor,
                       cache: EmbeddingCache, extra: dict | None = None) -> EvaluationResult:
     """Scores every row on every evaluation split; returns results.json content, CSV rows and the
@@ -217,9 +232,7 @@ def evaluate_run_data(*, run: RunFolder, data: RunData, config: TrainConfig, pre
         for row, scores in rows.items():
             per_row[row][split.domain] = scores
             per_row_mosaic[row][split.domain] = values["mosaics"][row]
-            cases.extend({"row": row, "split": name, "domain": c.domain, "case_id": c.case_id,
-                          "dice3d": c.dice3d, "dice2d_mean": c.dice2d_mean, "slices": len(c.dice2d)}
-                         for c in scores)
+            cases.extend(_case_lines(row, name, scores, config.label_table.names))
         for theta, scores in sweep.items():
             per_theta[theta][split.domain] = scores
         if name != "test" and len(samples) < config.figure_slices:

@@ -1,5 +1,6 @@
 """Result files of a run: results.json, results.md (the tables), cases.csv (one line per row and
-case); and, for --all-sources, the paper's Table 1 layout (rows x source domain, then the average).
+case, and per structure); and, for --all-sources, the paper's Table 1 layout (rows x source
+domain, then the average).
 
 Numbers in the Markdown tables are Dice in percent.
 """
@@ -18,6 +19,9 @@ __all__ = ["results_table", "write_results", "all_sources_table", "write_all_sou
            "write_seeds_summary"]
 
 CASE_FIELDS = ("row", "split", "domain", "case_id", "dice3d", "dice2d_mean", "slices")
+#: a run with C > 1 structures adds this column: "mean" on the lines results.json averages (the
+#: mean over the structures), a structure's name on that structure's own lines
+STRUCTURE_FIELD = "structure"
 
 
 def _count_word(n: int) -> str:
@@ -131,7 +135,8 @@ def write_results(paths: RunPaths, results: dict, cases: list[dict]) -> None:
     write_text_atomic(paths.results_json, json.dumps(results, indent=2) + "\n")
     write_text_atomic(paths.results_md, results_markdown(results))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CASE_FIELDS, lineterminator="\n")
+    fields = CASE_FIELDS + ((STRUCTURE_FIELD,) if any(STRUCTURE_FIELD in case for case in cases) else ())
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for case in cases:
         writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in case.items()})
