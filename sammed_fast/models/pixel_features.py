@@ -28,7 +28,7 @@ GAIN_INIT = 0.1  # see PixelFeatureEncoder
 class PixelFeatureEncoder(nn.Module):
     """(N,3,S,S) SAM-normalised canvases -> (N,channels,out_size,out_size) features.
 
-    Three 3x3 convolutions (receptive field 7 px at the output resolution), a LayerNorm over the
+    Four 3x3 convolutions (receptive field 9 px at the output resolution), a LayerNorm over the
     channels, then a per-channel gain starting at GAIN_INIT; the canvas is area-resized to
     out_size first when the decoder's output is coarser than the canvas (canvases above 128 px).
     The gain starts small but not at zero: at zero, the random convolutions get no gradient and
@@ -37,15 +37,14 @@ class PixelFeatureEncoder(nn.Module):
     branch (docs/standin.md).
     """
 
-    def __init__(self, *, channels: int, out_size: int, hidden: int = 16) -> None:
+    def __init__(self, *, channels: int, out_size: int, hidden: int = 32, depth: int = 4) -> None:
         super().__init__()
         self.out_size = out_size
-        self.layers = nn.Sequential(
-            nn.Conv2d(3, hidden, 3, padding=1), nn.GELU(),
-            nn.Conv2d(hidden, hidden, 3, padding=1), nn.GELU(),
-            nn.Conv2d(hidden, channels, 3, padding=1),
-            LayerNorm2d(channels),
-        )
+        widths = [3] + [hidden] * (depth - 1)
+        layers: list[nn.Module] = []
+        for inputs, outputs in zip(widths, widths[1:]):
+            layers += [nn.Conv2d(inputs, outputs, 3, padding=1), nn.GELU()]
+        self.layers = nn.Sequential(*layers, nn.Conv2d(widths[-1], channels, 3, padding=1), LayerNorm2d(channels))
         self.gain = nn.Parameter(torch.full((channels, 1, 1), GAIN_INIT))
 
     @property
