@@ -45,7 +45,7 @@ def tiny_args(work) -> list[str]:
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        pretrain_compact_sam(config=PretrainConfig(tile_size=32, steps=400, lr=2e-3, canvases_per_step=2,
+        pretrain_compact_sam(config=PretrainConfig(tile_size=32, steps=400, lr=1e-3, canvases_per_step=2,
                                                    warmup_steps=20, heldout_slices=8),
                              out=sam, progress=False)
     finally:

@@ -13,7 +13,8 @@ from sammed_fast.experiment import pretraining as pretrain
 from sammed_fast.models import TiledSam, build_sam, describe_state_dict, freeze_for_decoder_training
 from sammed_fast.data.procedural import generate
 from sammed_fast.method.prompts import ellipse_in_boxes
-from sammed_fast.models.sam_registry import compact_config
+from sammed_fast.models import pixel_features
+from sammed_fast.models.sam_registry import compact_config, sam_from_config
 
 TILE = 32
 MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
@@ -22,8 +23,11 @@ STD = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
 
 @pytest.fixture(scope="module")
 def sam64():
+    """A compact SAM with strong pixel features (a fresh one's gain is small)."""
     torch.manual_seed(0)
-    return build_sam("compact", canvas_size=2 * TILE)
+    sam = build_sam("compact", canvas_size=2 * TILE)
+    torch.nn.init.normal_(sam.pixel_encoder.gain, std=1.0)
+    return sam
 
 
 def slices(n: int, size: int = TILE, seed: int = 1) -> torch.Tensor:
@@ -50,17 +54,31 @@ def to_255(images: torch.Tensor) -> torch.Tensor:
     return (images - low) / (high - low) * 255
 
 
-def sa_decode(sam, embedding: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-    """segment_anything's own prompt encoder + mask decoder, one image and one box: (1,1,4h,4w)."""
+def sa_decode(sam, embedding: torch.Tensor, box: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+    """segment_anything's own prompt encoder + mask decoder, one image and one box: (1,1,4h,4w);
+    pixels (1,C,4h,4w), when given, are added to the decoder's upscaled embedding before its last
+    activation, by a hook on the last transposed convolution."""
     sparse, dense = sam.prompt_encoder(points=None, boxes=box.view(1, 4), masks=None)
-    low_res, _ = sam.mask_decoder(
-        image_embeddings=embedding,
-        image_pe=sam.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=False,
-    )
+    hook = None
+    if pixels is not None:
+        hook = sam.mask_decoder.output_upscaling[-2].register_forward_hook(lambda m, args, out: out + pixels)
+    try:
+        low_res, _ = sam.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+    finally:
+        if hook is not None:
+            hook.remove()
     return low_res
+
+
+def sa_encode(sam, canvases: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The oracle's image side: ViT embeddings (N,E,h,w) and pixel features (N,C,4h,4w)."""
+    return sam.image_encoder(canvases), sam.pixel_encoder(canvases)
 
 
 @torch.no_grad()
@@ -68,9 +86,9 @@ def test_grid1_equals_segment_anything_prompt_encoder_and_decoder(sam64):
     model = TiledSam(sam=sam64, tile_size=2 * TILE, grid=1)
     images, boxes = slices(3, 2 * TILE), boxes_for(3) * 2
     ours = model(images, boxes)
-    embeddings = sam64.image_encoder(sam_normalise(to_255(images)))
+    embeddings, pixels = sa_encode(sam64, sam_normalise(to_255(images)))
     expected = torch.cat([
-        F.interpolate(sa_decode(sam64, embeddings[i : i + 1], boxes[i]), size=(2 * TILE, 2 * TILE),
+        F.interpolate(sa_decode(sam64, embeddings[i : i + 1], boxes[i], pixels[i : i + 1]), size=(2 * TILE, 2 * TILE),
                       mode="bilinear", align_corners=False)
         for i in range(3)
     ])
@@ -95,20 +113,26 @@ def test_merged_tiles_decode_against_own_canvas_and_shifted_box(sam64):
     for k in range(n):
         row, col = (k % 4) // 2, k % 2
         canvases[k // 4, :, row * TILE : (row + 1) * TILE, col * TILE : (col + 1) * TILE] = normalised[k]
-    embeddings = sam64.image_encoder(canvases)
-    torch.testing.assert_close(model.encode(images), embeddings, rtol=1e-4, atol=1e-4)
+    embeddings, pixels = sa_encode(sam64, canvases)
+    ours_embeddings, ours_pixels = pixel_features.unpack(model.encode(images), embeddings.shape[1])
+    torch.testing.assert_close(ours_embeddings, embeddings, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours_pixels, pixels, rtol=1e-4, atol=1e-4)
+    assert pixels.abs().max() > 0.1  # the pixel features take part in the comparison
 
     def oracle(k: int, swap: bool = False) -> torch.Tensor:
         row, col = (k % 4) // 2, k % 2
         dx, dy = (row, col) if swap else (col, row)  # swap: the reference code's bug
         shift = torch.tensor([dx * TILE, dy * TILE, dx * TILE, dy * TILE], dtype=torch.float32)
-        low_res = sa_decode(sam64, embeddings[k // 4 : k // 4 + 1], boxes[k] + shift)
+        low_res = sa_decode(sam64, embeddings[k // 4 : k // 4 + 1], boxes[k] + shift, pixels[k // 4 : k // 4 + 1])
         q = low_res.shape[-1] // 2
         quadrant = low_res[..., row * q : (row + 1) * q, col * q : (col + 1) * q]
         return F.interpolate(quadrant, size=(TILE, TILE), mode="bilinear", align_corners=False)
 
     expected = torch.cat([oracle(k) for k in range(n)])
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+    with_pixels = sa_decode(sam64, embeddings[:1], boxes[0], pixels[:1])
+    assert (sa_decode(sam64, embeddings[:1], boxes[0]) - with_pixels).abs().max() > 1e-2, \
+        "the pixel features must change the masks for this comparison to test them"
     for k in (1, 2, 5):  # off-diagonal tiles: swapped offsets would put the box on another tile
         assert (oracle(k, swap=True) - ours[k : k + 1]).abs().max() > 1e-2
 
@@ -155,8 +179,9 @@ def test_gradients_reach_only_the_mask_decoder():
     assert not embeddings.requires_grad
     logits = model.decode(embeddings, boxes[[4, 1]], tile_index=torch.tensor([4, 1]))
     logits.square().mean().backward()
-    frozen = [*sam64.image_encoder.parameters(), *sam64.prompt_encoder.parameters()]
-    assert all(p.grad is None for p in frozen)
+    frozen = [*sam64.image_encoder.parameters(), *sam64.pixel_encoder.parameters(),
+              *sam64.prompt_encoder.parameters()]
+    assert all(p.grad is None and not p.requires_grad for p in frozen)
     decoder = sam64.mask_decoder
     for used in (decoder.mask_tokens.weight, decoder.output_hypernetworks_mlps[0].layers[0].weight,
                  decoder.output_upscaling[0].weight, decoder.transformer.layers[0].mlp.lin1.weight):
@@ -169,9 +194,9 @@ def test_resize_mode_is_one_slice_per_canvas_resized(sam64):
     images, boxes = slices(2), boxes_for(2)
     ours = model(images, boxes)
     big = F.interpolate(to_255(images), size=(2 * TILE, 2 * TILE), mode="bilinear", align_corners=False)
-    embeddings = sam64.image_encoder(sam_normalise(big))
+    embeddings, pixels = sa_encode(sam64, sam_normalise(big))
     expected = torch.cat([
-        F.interpolate(sa_decode(sam64, embeddings[i : i + 1], boxes[i] * 2), size=(TILE, TILE),
+        F.interpolate(sa_decode(sam64, embeddings[i : i + 1], boxes[i] * 2, pixels[i : i + 1]), size=(TILE, TILE),
                       mode="bilinear", align_corners=False)
         for i in range(2)
     ])
@@ -238,6 +263,31 @@ def test_registry_errors(tmp_path, sam64):
     torch.save(fake, vit_l)
     with pytest.raises(ValueError, match="looks like vit_l, but SAM variant vit_b"):
         build_sam("vit_b", checkpoint=vit_l)
+
+
+def test_pixel_features_pack_and_without_gain_leave_sam_unchanged():
+    x, pixels = torch.randn(2, 64, 8, 8), torch.randn(2, 8, 32, 32)
+    packed = pixel_features.pack(x, pixels)
+    assert packed.shape == (2, 64 + 8 * 16, 8, 8)
+    back, back_pixels = pixel_features.unpack(packed, 64)
+    assert torch.equal(back, x) and torch.equal(back_pixels, pixels)
+    assert pixel_features.unpack(x, 64) == (x, None)
+    # With the pixel features' gain at zero, masks equal those of the same SAM without pixel
+    # features, i.e. segment_anything's own decoding.
+    torch.manual_seed(0)
+    fresh = build_sam("compact", canvas_size=2 * TILE)
+    torch.nn.init.zeros_(fresh.pixel_encoder.gain)
+    plain = sam_from_config(dataclasses.replace(compact_config(2 * TILE), pixel_features=False))
+    plain.load_state_dict({k: v for k, v in fresh.state_dict().items() if not k.startswith("pixel_encoder.")})
+    images, boxes = slices(5), boxes_for(5)
+    with torch.no_grad():
+        ours = TiledSam(sam=fresh, tile_size=TILE)(images, boxes)
+        reference = TiledSam(sam=plain, tile_size=TILE)(images, boxes)
+    assert TiledSam(sam=plain, tile_size=TILE).embedding_channels == 64
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    # A checkpoint of the older compact SAM (no pixel encoder) is named as such.
+    assert describe_state_dict(plain.state_dict()).startswith(
+        f"a compact SAM of another sammed_fast version (canvas {2 * TILE}, without pixel features")
 
 
 def test_procedural_data_is_seeded_and_boxes_cover_their_targets():

@@ -26,7 +26,8 @@ __all__ = ["EmbeddingCache"]
 
 
 class EmbeddingCache:
-    """get(split) -> (ceil(N/4), E, h, w) float16 CPU tensor of that split's canvas embeddings.
+    """get(split) -> (ceil(N/4), C, h, w) float16 CPU tensor of that split's canvas embeddings
+    (``Predictor.embed``).
 
     paths: the run folder whose cache files to use, or None to keep the embeddings in memory only."""
 

@@ -47,7 +47,7 @@ from sammed_fast.models.sam_registry import compact_config, sam_from_config
 from sammed_fast.models.tiled_sam import TiledSam
 from sammed_fast.options import option
 
-FORMAT = 3  # bump when the checkpoint/sidecar layout, the architecture or the procedural recipe changes
+FORMAT = 4  # bump when the checkpoint/sidecar layout, the architecture or the procedural recipe changes
 WEIGHTS_DIR = Path(__file__).parents[1] / "weights"  # weights shipped with the package
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out training-family images: seed + this (never drawn in training)
 EVAL_BOX_CHANGE = 0.1  # held-out boxes loosened / shifted by this fraction of their side

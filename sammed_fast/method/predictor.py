@@ -116,7 +116,8 @@ class Predictor:
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor, *, progress: bool = False, desc: str = "SAM encoder") -> torch.Tensor:
-        """(B,1,t,t) slices -> canvas embeddings (ceil(B/4),E,h,w) in STORED_DTYPE on the CPU;
+        """(B,1,t,t) slices -> canvas embeddings (ceil(B/4),C,h,w) in STORED_DTYPE on the CPU, C =
+        ``TiledSam.embedding_channels`` (the pixel features packed after the E token channels);
         canvas c holds slices 4c..4c+3."""
         sam = self._need("sam").eval()
         step = ENCODER_CANVASES.get(self.device.type, ENCODER_CANVASES["cpu"]) * sam.tiles_per_canvas

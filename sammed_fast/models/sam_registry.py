@@ -1,7 +1,8 @@
 """Registry of SAM variants: the published vit_b / vit_l / vit_h and a compact SAM for CPUs.
 
 Every variant is an ordinary ``segment_anything.modeling.Sam`` built from segment_anything's own
-classes, so state dicts are interchangeable with that package. Checkpoints are plain state dicts
+classes, so the published variants' state dicts are interchangeable with that package; the compact
+SAM adds one submodule, ``pixel_encoder`` (``models.pixel_features``). Checkpoints are plain state dicts
 loaded with ``torch.load(weights_only=True)``; before any model is built the checkpoint's key shapes
 are checked against the requested variant, so a wrong file gets an error naming what it looks like.
 """
@@ -23,6 +24,7 @@ from segment_anything.modeling import (
 )
 
 from sammed_fast.files import load_torch_file
+from sammed_fast.models.pixel_features import PIXEL_ENCODER_KEY, PixelFeatureEncoder
 from sammed_fast.ops import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 
 SAM_CANVAS = 1024  # input size of the published models
@@ -45,6 +47,9 @@ class SamConfig:
     decoder_mlp_dim: int = 2048
     iou_head_hidden_dim: int = 256
     mask_in_chans: int = 16
+    # Full-resolution image features added to the decoder's upscaled embedding (see
+    # models.pixel_features); the published variants have none.
+    pixel_features: bool = False
 
     @property
     def embedding_size(self) -> int:
@@ -104,6 +109,7 @@ def compact_config(canvas_size: int) -> SamConfig:
         decoder_mlp_dim=256,
         iou_head_hidden_dim=64,
         mask_in_chans=16,
+        pixel_features=True,
     )
 
 
@@ -165,6 +171,8 @@ def sam_from_config(config: SamConfig) -> Sam:
         pixel_mean=list(SAM_PIXEL_MEAN),
         pixel_std=list(SAM_PIXEL_STD),
     )
+    if config.pixel_features:
+        sam.pixel_encoder = PixelFeatureEncoder(channels=config.prompt_dim // 8, out_size=4 * grid)
     return sam.eval()
 
 
@@ -185,6 +193,11 @@ def describe_state_dict(state: Mapping[str, torch.Tensor]) -> str:
     except ValueError:
         compact = None
     if compact is not None and (width, depth, patch_size) == (compact.embed_dim, compact.depth, compact.patch_size):
+        has_pixel_features = any(key.startswith(PIXEL_ENCODER_KEY + ".") for key in state)
+        if has_pixel_features != compact.pixel_features:
+            return (f"a compact SAM of another sammed_fast version (canvas {canvas}, "
+                    f"{'with' if has_pixel_features else 'without'} pixel features; pretrain it "
+                    f"anew with sammed-fast pretrain)")
         return f"compact (canvas {canvas})"
     return f"an unknown SAM (encoder width {width}, depth {depth}, canvas {canvas})"
 

@@ -2,9 +2,10 @@
 
 Path (mode="merge"): z-scored slices (B,1,t,t) -> per-slice min-max to 0..255 ->
 ``ops.merge_tiles`` (one canvas per grid^2 slices) -> frozen image encoder -> canvas embeddings
-(ceil(B/g^2),E,h,w). Boxes (B,4) xyxy in the tile frame -> ``ops.boxes_to_canvas`` -> prompt
-encoder -> mask decoder with per-box embeddings -> low-res canvas logits (B,1,4h,4w) ->
-``ops.unmerge_tiles`` -> (B,1,t,t) logits per slice.
+(ceil(B/g^2),E,h,w), or (ceil(B/g^2),E+16C,h,w) for a SAM with pixel features such as the compact
+one (``models.pixel_features`` packs them into the channels). Boxes (B,4) xyxy in the tile frame
+-> ``ops.boxes_to_canvas`` -> prompt encoder -> mask decoder with per-box embeddings -> low-res
+canvas logits (B,1,4h,4w) -> ``ops.unmerge_tiles`` -> (B,1,t,t) logits per slice.
 
 mode="resize" is the MedSAM way, for comparison: every slice is resized to the whole canvas on its
 own (one encoder pass per slice) and the boxes are scaled with it.
@@ -19,6 +20,7 @@ from segment_anything.modeling import MaskDecoder, Sam
 from torch import nn
 
 from sammed_fast import ops
+from sammed_fast.models import pixel_features
 from sammed_fast.ops import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 
 MODES = ("merge", "resize")
@@ -39,19 +41,26 @@ def decode_per_box(
     image_pe: torch.Tensor,
     sparse: torch.Tensor,
     dense: torch.Tensor,
+    pixel_features: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MaskDecoder's mask prediction with one image embedding PER BOX (single-mask output).
 
     segment_anything's ``predict_masks`` repeat_interleaves one embedding across all boxes; this
     reuses the decoder's own submodules instead, so B embeddings and B boxes give B masks.
-    image_embeddings (B,E,h,w), image_pe (1,E,h,w), sparse (B,n,E), dense (B,E,h,w) ->
-    low-res logits (B,1,4h,4w). SAM's IoU prediction head is not run: nothing reads its scores.
+    image_embeddings (B,E,h,w), image_pe (1,E,h,w), sparse (B,n,E), dense (B,E,h,w), optional
+    pixel_features (B,E/8,4h,4w) added to the upscaled embedding (before its last activation) ->
+    low-res logits (B,1,4h,4w).
+    SAM's IoU prediction head is not run: nothing reads its scores.
     """
     B, E, h, w = image_embeddings.shape
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
     tokens = torch.cat([output_tokens.unsqueeze(0).expand(B, -1, -1), sparse], dim=1)
     hs, src = decoder.transformer(image_embeddings + dense, image_pe.expand(B, -1, -1, -1), tokens)
-    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(B, E, h, w))
+    src = src.transpose(1, 2).reshape(B, E, h, w)
+    if pixel_features is None:
+        upscaled = decoder.output_upscaling(src)
+    else:  # added before the last activation, so the sum stays in the range SAM's features have
+        upscaled = decoder.output_upscaling[-1](decoder.output_upscaling[:-1](src) + pixel_features)
     # Mask token 0 is the single-mask output (multimask_output=False in segment_anything).
     hyper = decoder.output_hypernetworks_mlps[0](hs[:, 1, :])
     return torch.bmm(hyper.unsqueeze(1), upscaled.flatten(2)).view(B, 1, *upscaled.shape[-2:])
@@ -151,6 +160,18 @@ class TiledSam(nn.Module):
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"images must be (B,1,{t},{t}) grey or (B,3,{t},{t}) RGB slices, got {shape}")
 
+    @property
+    def pixel_encoder(self) -> nn.Module | None:
+        """The SAM's full-resolution feature encoder (``models.pixel_features``), or None."""
+        return getattr(self.sam, pixel_features.PIXEL_ENCODER_KEY, None)
+
+    @property
+    def embedding_channels(self) -> int:
+        """Channels of encode's output: E, plus 16 x the pixel feature channels when it has them."""
+        encoder = self.pixel_encoder
+        extra = 0 if encoder is None else encoder.channels * pixel_features.UPSCALE ** 2
+        return self.sam.prompt_encoder.embed_dim + extra
+
     def canvases(self, images: torch.Tensor) -> torch.Tensor:
         """(B,1,t,t) z-scored slices, or (B,3,t,t) RGB images (min-max scaled over all three
         channels, so colours keep their relations) -> SAM-normalised canvases (ceil(B/g^2),3,S,S)
@@ -163,18 +184,25 @@ class TiledSam(nn.Module):
         return ops.merge_tiles(x, self.grid, self.pixel_mean, self.pixel_std, torch.float32)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,1,t,t) z-scored slices -> canvas embeddings (ceil(B/g^2),E,h,w) float32."""
+        """(B,1,t,t) z-scored slices -> canvas embeddings (ceil(B/g^2),embedding_channels,h,w)
+        float32 (with pixel features packed after the E token channels)."""
         canvases = self.canvases(images)
         if canvases.shape[0] == 0:
-            E, side = self.sam.prompt_encoder.embed_dim, self.sam.prompt_encoder.image_embedding_size
-            return canvases.new_zeros(0, E, *side)
+            side = self.sam.prompt_encoder.image_embedding_size
+            return canvases.new_zeros(0, self.embedding_channels, *side)
         if self.trainable_encoder:
-            return self.sam.image_encoder(canvases)
+            return self._run_encoders(canvases)
         cuda = canvases.device.type == "cuda"
         bf16 = cuda and self.encoder_precision == "bf16"
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with torch.no_grad(), autocast:
-            return self.sam.image_encoder(canvases).float()
+            return self._run_encoders(canvases).float()
+
+    def _run_encoders(self, canvases: torch.Tensor) -> torch.Tensor:
+        embeddings = self.sam.image_encoder(canvases)
+        if self.pixel_encoder is None:
+            return embeddings
+        return pixel_features.pack(embeddings, self.pixel_encoder(canvases).to(embeddings.dtype))
 
     def _to_canvas_frame(self, boxes: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
         t = self.tile_size
@@ -208,7 +236,8 @@ class TiledSam(nn.Module):
     ) -> torch.Tensor:
         """Box-prompted logits per slice, each box against its own canvas's embedding.
 
-        embeddings: (N,E,h,w) canvas embeddings (any float dtype, e.g. a half-precision cache).
+        embeddings: (N,embedding_channels,h,w) canvas embeddings from ``encode`` (any float
+        dtype, e.g. a half-precision cache).
         boxes: (B,4) float xyxy in the tile frame (pixels of the t x t slice).
         tile_index: (B,) int64 global slice index k of each box (canvas k // g^2, position
         k % g^2); default arange(B), i.e. box k belongs to the k-th encoded slice.
@@ -224,9 +253,11 @@ class TiledSam(nn.Module):
         else:
             per_box = embeddings[canvas_of_box.to(embeddings.device)]
         per_box = per_box.to(device=boxes.device, dtype=dtype)
+        per_box, pixels = pixel_features.unpack(per_box, prompt_encoder.embed_dim)
         canvas_boxes = self._to_canvas_frame(boxes.float(), positions)
         sparse, dense = prompt_encoder(points=None, boxes=canvas_boxes, masks=None)
-        low_res = self._decode_per_box(self.sam.mask_decoder, per_box, prompt_encoder.get_dense_pe(), sparse, dense)
+        low_res = self._decode_per_box(self.sam.mask_decoder, per_box, prompt_encoder.get_dense_pe(), sparse,
+                                       dense, pixels)
         return self._from_canvas_frame(low_res, positions)
 
     def _locate(
@@ -234,7 +265,7 @@ class TiledSam(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Checks decode's arguments; returns each box's canvas row and, for an explicit
         tile_index, its position in the canvas (None: position k % g^2 of box k)."""
-        E = self.sam.prompt_encoder.embed_dim
+        E = self.embedding_channels
         side = tuple(self.sam.prompt_encoder.image_embedding_size)
         if embeddings.ndim != 4 or (embeddings.shape[1], *embeddings.shape[2:]) != (E, *side):
             raise ValueError(
@@ -266,10 +297,12 @@ class TiledSam(nn.Module):
 
 
 def freeze_for_decoder_training(model: TiledSam) -> list[nn.Parameter]:
-    """Freezes the image encoder and the prompt encoder; returns the mask decoder's parameters,
-    the only trainable part when fine-tuning (pass them to the optimiser)."""
+    """Freezes the image encoder (with its pixel features, if any) and the prompt encoder; returns
+    the mask decoder's parameters, the only trainable part when fine-tuning (pass them to the
+    optimiser)."""
     sam = model.sam
-    for module in (sam.image_encoder, sam.prompt_encoder):
+    image_side = [sam.image_encoder] + ([model.pixel_encoder] if model.pixel_encoder is not None else [])
+    for module in (*image_side, sam.prompt_encoder):
         module.requires_grad_(False)
         module.eval()
     model.trainable_encoder = False
