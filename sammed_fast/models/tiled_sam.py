@@ -60,7 +60,10 @@ def decode_per_box(
     if pixel_features is None:
         upscaled = decoder.output_upscaling(src)
     else:  # added before the last activation, so the sum stays in the range SAM's features have
-        upscaled = decoder.output_upscaling[-1](decoder.output_upscaling[:-1](src) + pixel_features)
+        upscaled = decoder.output_upscaling[:-1](src)
+        # In place: a transposed convolution's backward does not read its output, and on a CPU a
+        # fresh (B,C,4h,4w) buffer costs several times the addition itself (page faults).
+        upscaled = decoder.output_upscaling[-1](upscaled.add_(pixel_features))
     # Mask token 0 is the single-mask output (multimask_output=False in segment_anything).
     hyper = decoder.output_hypernetworks_mlps[0](hs[:, 1, :])
     return torch.bmm(hyper.unsqueeze(1), upscaled.flatten(2)).view(B, 1, *upscaled.shape[-2:])
@@ -246,19 +249,24 @@ class TiledSam(nn.Module):
         prompt_encoder = self.sam.prompt_encoder
         canvas_of_box, positions = self._locate(embeddings, boxes, tile_index)
         dtype = self.sam.mask_decoder.iou_token.weight.dtype
-        if tile_index is None:
-            # Box k belongs to canvas k // g^2: a repeat, whose backward (a sum over the copies) is
-            # deterministic, unlike an indexed gather's accumulating scatter on multi-threaded CPUs.
-            per_box = embeddings.repeat_interleave(self.tiles_per_canvas, 0)[: boxes.shape[0]]
-        else:
-            per_box = embeddings[canvas_of_box.to(embeddings.device)]
-        per_box = per_box.to(device=boxes.device, dtype=dtype)
-        per_box, pixels = pixel_features.unpack(per_box, prompt_encoder.embed_dim)
+        # Converted and unpacked once per canvas, then spread over its boxes (up to g^2 per canvas).
+        tokens, pixels = pixel_features.unpack(embeddings.to(device=boxes.device, dtype=dtype),
+                                               prompt_encoder.embed_dim)
+        per_box = self._per_box(tokens, canvas_of_box, tile_index is None)
+        pixels = None if pixels is None else self._per_box(pixels, canvas_of_box, tile_index is None)
         canvas_boxes = self._to_canvas_frame(boxes.float(), positions)
         sparse, dense = prompt_encoder(points=None, boxes=canvas_boxes, masks=None)
         low_res = self._decode_per_box(self.sam.mask_decoder, per_box, prompt_encoder.get_dense_pe(), sparse,
                                        dense, pixels)
         return self._from_canvas_frame(low_res, positions)
+
+    def _per_box(self, per_canvas: torch.Tensor, canvas_of_box: torch.Tensor, in_order: bool) -> torch.Tensor:
+        """(N,...) rows per canvas -> (B,...) rows per box."""
+        if in_order:
+            # Box k belongs to canvas k // g^2: a repeat, whose backward (a sum over the copies) is
+            # deterministic, unlike an indexed gather's accumulating scatter on multi-threaded CPUs.
+            return per_canvas.repeat_interleave(self.tiles_per_canvas, 0)[: canvas_of_box.shape[0]]
+        return per_canvas[canvas_of_box]
 
     def _locate(
         self, embeddings: torch.Tensor, boxes: torch.Tensor, tile_index: torch.Tensor | None
