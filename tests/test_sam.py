@@ -154,6 +154,20 @@ def test_decode_by_tile_index_matches_full_decode(sam64):
 
 
 @torch.no_grad()
+def test_decode_reads_only_the_canvases_of_its_boxes(sam64):
+    """A decoder batch of a few boxes against a huge cache (ten million canvases, a stride-0 view
+    of one, terabytes if materialised) converts and unpacks only the canvases its boxes use."""
+    model = TiledSam(sam=sam64, tile_size=TILE, grid=2)
+    one = model.encode(slices(4))[:1].half()
+    canvases = 10_000_000
+    huge = one.expand(canvases, *one.shape[1:])
+    boxes = boxes_for(2)
+    far = model.decode(huge, boxes, tile_index=torch.tensor([1, 4 * (canvases - 1) + 2]))
+    near = model.decode(one, boxes, tile_index=torch.tensor([1, 2]))
+    assert torch.equal(far, near)
+
+
+@torch.no_grad()
 def test_one_decoder_pass_per_box_no_quadratic_blowup(sam64):
     model = TiledSam(sam=sam64, tile_size=TILE, grid=2)
     seen = []

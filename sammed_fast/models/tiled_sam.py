@@ -249,24 +249,28 @@ class TiledSam(nn.Module):
         prompt_encoder = self.sam.prompt_encoder
         canvas_of_box, positions = self._locate(embeddings, boxes, tile_index)
         dtype = self.sam.mask_decoder.iou_token.weight.dtype
-        # Converted and unpacked once per canvas, then spread over its boxes (up to g^2 per canvas).
-        tokens, pixels = pixel_features.unpack(embeddings.to(device=boxes.device, dtype=dtype),
-                                               prompt_encoder.embed_dim)
-        per_box = self._per_box(tokens, canvas_of_box, tile_index is None)
-        pixels = None if pixels is None else self._per_box(pixels, canvas_of_box, tile_index is None)
+        used, spread = self._canvases_used(embeddings, canvas_of_box, in_order=tile_index is None)
+        # Converted and unpacked once per canvas used, then spread over its boxes (up to g^2 each).
+        tokens, pixels = pixel_features.unpack(used.to(device=boxes.device, dtype=dtype), prompt_encoder.embed_dim)
+        per_box = spread(tokens)
+        pixels = None if pixels is None else spread(pixels)
         canvas_boxes = self._to_canvas_frame(boxes.float(), positions)
         sparse, dense = prompt_encoder(points=None, boxes=canvas_boxes, masks=None)
         low_res = self._decode_per_box(self.sam.mask_decoder, per_box, prompt_encoder.get_dense_pe(), sparse,
                                        dense, pixels)
         return self._from_canvas_frame(low_res, positions)
 
-    def _per_box(self, per_canvas: torch.Tensor, canvas_of_box: torch.Tensor, in_order: bool) -> torch.Tensor:
-        """(N,...) rows per canvas -> (B,...) rows per box."""
+    def _canvases_used(self, embeddings: torch.Tensor, canvas_of_box: torch.Tensor, *, in_order: bool):
+        """The rows of ``embeddings`` (N,...) that the B boxes use, (K,...) with K <= min(N, B), and
+        the function that turns per-canvas rows (K,...) into per-box rows (B,...). Only those
+        rows are moved and converted: a decoder batch of a few boxes must not touch a whole cache."""
         if in_order:
             # Box k belongs to canvas k // g^2: a repeat, whose backward (a sum over the copies) is
             # deterministic, unlike an indexed gather's accumulating scatter on multi-threaded CPUs.
-            return per_canvas.repeat_interleave(self.tiles_per_canvas, 0)[: canvas_of_box.shape[0]]
-        return per_canvas[canvas_of_box]
+            B, g2 = canvas_of_box.shape[0], self.tiles_per_canvas
+            return embeddings[: -(-B // g2)], lambda rows: rows.repeat_interleave(g2, 0)[:B]
+        needed, row_of_box = torch.unique(canvas_of_box, return_inverse=True)
+        return embeddings[needed.to(embeddings.device)], lambda rows: rows[row_of_box.to(rows.device)]
 
     def _locate(
         self, embeddings: torch.Tensor, boxes: torch.Tensor, tile_index: torch.Tensor | None
