@@ -13,6 +13,7 @@ own (one encoder pass per slice) and the boxes are scaled with it.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -260,7 +261,9 @@ class TiledSam(nn.Module):
                                        dense, pixels)
         return self._from_canvas_frame(low_res, positions)
 
-    def _canvases_used(self, embeddings: torch.Tensor, canvas_of_box: torch.Tensor, *, in_order: bool):
+    def _canvases_used(
+        self, embeddings: torch.Tensor, canvas_of_box: torch.Tensor, *, in_order: bool
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
         """The rows of ``embeddings`` (N,...) that the B boxes use, (K,...) with K <= min(N, B), and
         the function that turns per-canvas rows (K,...) into per-box rows (B,...). Only those
         rows are moved and converted: a decoder batch of a few boxes must not touch a whole cache."""
